@@ -1,0 +1,154 @@
+"""The one detector interface every inference backend implements, and the registry that picks one.
+
+The runtime only ever talks to a :class:`Detector`; which engine sits behind it (torch on CPU, onnxruntime,
+torch on CUDA, TensorRT) is a configuration choice resolved here, by name, through a registry. Backends
+register themselves with :func:`register_backend`; nothing in this package branches on backend names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "BackendSpec",
+    "BackendUnavailableError",
+    "Detection",
+    "Detector",
+    "available_backends",
+    "backend_specs",
+    "create_detector",
+    "register_backend",
+]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Result of one :meth:`Detector.detect` call.
+
+    ``scores`` holds one float32 anomaly score per image (the scoring head's maximum of the 21x21-smoothed
+    map). ``maps`` holds the smoothed maps at model size (N, H, W) when they were requested, else None:
+    copying maps back from the device costs time the hot path does not need.
+    """
+
+    scores: np.ndarray
+    maps: np.ndarray | None = None
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """What the inference worker needs from a backend, and nothing more."""
+
+    backend: str
+    model_version: str
+    input_size: tuple[int, int]
+
+    def detect(
+        self, images: np.ndarray, masks: np.ndarray | None = None, return_maps: bool = False
+    ) -> Detection:
+        """Score a batch of uint8 (N, H, W, C) images; ``masks`` are optional fixed masks (N|1, h, w)."""
+        ...
+
+    def close(self) -> None:
+        """Release device memory, sessions and threads; the detector is unusable afterwards."""
+        ...
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run here (missing package, no GPU, no ONNX file...)."""
+
+
+#: probe(model_dir) -> None when the backend can run here (for that model dir when given), else the reason.
+Probe = Callable[[Path | None], str | None]
+Factory = Callable[..., Detector]
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One registry entry.
+
+    ``speed_rank`` orders backends for ``backend="auto"``: the highest-ranked available backend wins. The
+    ranks come from ``bench/infer.py`` measurements (see the backend modules for the figures).
+    """
+
+    name: str
+    factory: Factory
+    probe: Probe
+    speed_rank: int
+    description: str = ""
+
+
+_REGISTRY: dict[str, BackendSpec] = {}
+
+# Modules that register the built-in backends on import. Each must import without optional GPU packages.
+_BUILTIN_MODULES = (
+    "linecam.backends.torch_cpu",
+    "linecam.backends.onnxrt",
+    "linecam.backends.torch_cuda",
+    "linecam.backends.tensorrt_backend",
+)
+_builtins_loaded = False
+
+
+def register_backend(spec: BackendSpec) -> BackendSpec:
+    """Add a backend to the registry (third-party backends call this too). Names must be unique."""
+    existing = _REGISTRY.get(spec.name)
+    if existing is not None and existing.factory is not spec.factory:
+        raise ValueError(f"backend {spec.name!r} is already registered by {existing.factory!r}")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    _builtins_loaded = True
+
+
+def backend_specs() -> dict[str, BackendSpec]:
+    """All registered backends, available here or not, by name."""
+    _load_builtins()
+    return dict(_REGISTRY)
+
+
+def available_backends(model_dir: str | Path | None = None) -> list[str]:
+    """Names of the backends that can run on this machine, fastest first.
+
+    With ``model_dir``, backends that also need something from the model directory (an ``model.onnx``)
+    are only listed when it is there.
+    """
+    path = Path(model_dir) if model_dir is not None else None
+    specs = sorted(backend_specs().values(), key=lambda s: -s.speed_rank)
+    return [s.name for s in specs if s.probe(path) is None]
+
+
+def create_detector(model_dir: str | Path, backend: str = "auto", **options: Any) -> Detector:
+    """Open the model in ``model_dir`` with the named backend (``"auto"``: the fastest available here).
+
+    ``options`` go to the backend's factory unchanged (e.g. ``threads``, ``precision``, ``max_batch``).
+    Raises :class:`BackendUnavailableError` with the reason when the backend cannot run here, and
+    ``ValueError`` for an unknown backend name.
+    """
+    path = Path(model_dir)
+    specs = backend_specs()
+    if backend == "auto":
+        names = available_backends(path)
+        if not names:
+            reasons = "; ".join(f"{n}: {s.probe(path)}" for n, s in specs.items())
+            raise BackendUnavailableError(f"no inference backend can run {path} here ({reasons})")
+        backend = names[0]
+    spec = specs.get(backend)
+    if spec is None:
+        raise ValueError(f"unknown backend {backend!r}; registered: {', '.join(sorted(specs))}")
+    reason = spec.probe(path)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend {backend!r} is unavailable: {reason}")
+    return spec.factory(path, **options)

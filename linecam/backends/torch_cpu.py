@@ -1,0 +1,135 @@
+"""torch-cpu backend: the InferenceGraph on the CPU, bf16 + channels_last where the CPU has it.
+
+Why these defaults (measured with ``bench/infer.py`` on the 2-core AVX-512/AMX build machine; see the
+report in that script's JSON): oneDNN runs bf16 channels_last convolutions several times faster than fp32
+on AMX, and ``torch.jit.trace`` + ``torch.jit.freeze`` folds conv+BN and removes Python overhead, which
+matters for the small ``fast`` profile at batch 1. Traced graphs are cached per input shape (H, W, C,
+mask or not); the batch dimension stays dynamic.
+
+Options: ``precision`` ("auto" = bf16 when oneDNN supports it, "bf16", "fp32"), ``mode`` ("jit" or
+"eager"), ``threads`` (``torch.set_num_threads``; process-wide).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from linecam.backends.base import BackendSpec, register_backend
+from linecam.backends.graph import InferenceGraph
+from linecam.backends.torch_common import TorchGraphDetector, load_grdnet
+
+PRECISIONS = ("auto", "bf16", "fp32")
+MODES = ("jit", "eager")
+
+
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN has fast bf16 kernels here (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str) -> torch.dtype:
+    """Map the ``precision`` option to a dtype; "bf16" on a CPU without bf16 support is an error, not a slowdown."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"torch-cpu option precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        if not cpu_supports_bf16():
+            raise ValueError("torch-cpu precision='bf16' requested but this CPU has no oneDNN bf16 support")
+        return torch.bfloat16
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+class TorchCpuDetector(TorchGraphDetector):
+    """Runs the InferenceGraph on the CPU; build with :func:`open_torch_cpu` or directly from a GRDNet."""
+
+    backend = "torch-cpu"
+
+    def __init__(
+        self,
+        grdnet: nn.Module,
+        input_size: tuple[int, int],
+        model_version: str = "unversioned",
+        precision: str = "auto",
+        mode: str = "jit",
+        threads: int | None = None,
+    ) -> None:
+        super().__init__(model_version, input_size)
+        if mode not in MODES:
+            raise ValueError(f"torch-cpu option mode must be one of {MODES}, got {mode!r}")
+        if threads is not None:
+            if int(threads) < 1:
+                raise ValueError(f"torch-cpu option threads must be >= 1, got {threads}")
+            torch.set_num_threads(int(threads))
+        self.dtype = resolve_precision(precision)
+        self.mode = mode
+        self.precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
+        net = grdnet.eval().to(device="cpu", dtype=self.dtype, memory_format=torch.channels_last)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self.graph = InferenceGraph(net, self.input_size, compute_dtype=self.dtype).eval()
+        self._traced: dict[tuple[int, int, int, bool], Any] = {}
+        self._lock = threading.Lock()
+
+    def _compiled(self, images: torch.Tensor, mask: torch.Tensor | None) -> Any:
+        """The graph traced and frozen for this input shape (batch stays dynamic), built on first use."""
+        key = (images.shape[1], images.shape[2], images.shape[3], mask is not None)
+        fn = self._traced.get(key)
+        if fn is None:
+            with self._lock:
+                fn = self._traced.get(key)
+                if fn is None:
+                    example = (images[:1], mask[:1]) if mask is not None else (images[:1],)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                        traced = torch.jit.trace(self.graph, example, check_trace=False)
+                    fn = torch.jit.freeze(traced.eval())
+                    # Two warm-up runs: the profiling executor specialises the graph on the second call.
+                    for _ in range(2):
+                        fn(*example)
+                    self._traced[key] = fn
+        return fn
+
+    def _run(self, images: np.ndarray, masks: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(images)
+        m = torch.from_numpy(masks) if masks is not None else None
+        with torch.inference_mode():
+            if self.mode == "eager":
+                return self.graph(x, m)
+            fn = self._compiled(x, m)
+            return fn(x, m) if m is not None else fn(x)
+
+    def close(self) -> None:
+        self._traced.clear()
+        super().close()
+
+
+def open_torch_cpu(model_dir: Path, **options: Any) -> TorchCpuDetector:
+    """Registry factory: load ``model_dir`` (hash-checked) and wrap it in a :class:`TorchCpuDetector`."""
+    grdnet, size, version = load_grdnet(model_dir)
+    return TorchCpuDetector(grdnet, size, model_version=version, **options)
+
+
+def _probe(model_dir: Path | None) -> str | None:
+    return None  # torch itself is a hard dependency; the CPU is always there
+
+
+SPEC = register_backend(
+    BackendSpec(
+        name="torch-cpu",
+        factory=open_torch_cpu,
+        probe=_probe,
+        speed_rank=20,
+        description="PyTorch on CPU, bf16 channels_last (AMX) with jit trace+freeze",
+    )
+)

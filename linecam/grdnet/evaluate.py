@@ -1,0 +1,344 @@
+"""Evaluation of a trained GRD-Net: metrics, threshold calibration and the out-of-ROI check.
+
+Why this shape: the operating threshold must come from data used neither for training nor for the reported
+figures, so every threshold here is chosen on the calibration split (``val``) and only *applied* to ``test``.
+The one exception is ``f1_max``, which by definition is the F1 at the best test threshold (a threshold-free
+ranking figure comparable with anomalib); it is never used to operate the line.
+
+Image scores come from the shared scoring head (:func:`linecam.grdnet.scoring.score_maps`); pixel metrics use
+the raw probability map, restricted to pixels inside the ROI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
+from torch.utils.data import DataLoader
+
+from linecam.grdnet.datasets import DatasetError, InspectionDataset, list_records, list_splits
+
+ESCAPE_TARGETS = (0.0, 0.01)
+"""Escape (missed-defect) rates at which the false-reject rate is reported."""
+
+
+# --------------------------------------------------------------------------------------------- predictions
+@dataclass
+class Predictions:
+    """Model outputs for one split, kept in memory (uint8-quantised maps would lose the AUPRO tail)."""
+
+    scores: np.ndarray  # (N,) image scores from score_maps
+    maps: np.ndarray  # (N,H,W) float32 raw anomaly probability
+    masks: np.ndarray  # (N,H,W) bool defect ground truth
+    rois: np.ndarray  # (N,H,W) bool ROI
+    labels: np.ndarray  # (N,) int line label, 1 = defect
+    kinds: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+
+    def select(self, keep: np.ndarray) -> Predictions:
+        idx = np.flatnonzero(keep)
+        return Predictions(self.scores[idx], self.maps[idx], self.masks[idx], self.rois[idx], self.labels[idx],
+                           [self.kinds[i] for i in idx], [self.paths[i] for i in idx])
+
+
+@torch.no_grad()
+def predict_dataset(
+    model: torch.nn.Module,
+    dataset: InspectionDataset,
+    *,
+    batch_size: int = 8,
+    device: str = "cpu",
+    precision: str = "fp32",
+    fixed_mask: torch.Tensor | None = None,
+) -> Predictions:
+    """Run ``model`` (a GRDNet: x -> prob map) over a dataset WITHOUT giving it the ROI.
+
+    ``fixed_mask`` is the optional per-camera mask of the scoring head (production option), never the per-image ROI.
+    """
+    from linecam.grdnet.scoring import score_maps
+
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    scores, maps, masks, rois, labels, kinds, paths = [], [], [], [], [], [], []
+    dev = torch.device(device)
+    for batch in loader:
+        x = batch["image"].to(dev)
+        with autocast_context(dev, precision):
+            prob = model(x)
+        prob = prob.float()
+        mask = fixed_mask.to(dev) if fixed_mask is not None else None
+        s, _ = score_maps(prob, mask)
+        scores.append(s.float().cpu().numpy())
+        maps.append(prob[:, 0].cpu().numpy())
+        masks.append(batch["mask"][:, 0].numpy() > 0.5)
+        rois.append(batch["roi"][:, 0].numpy() > 0.5)
+        labels.append(np.asarray(batch["label"]))
+        kinds.extend(batch["kind"])
+        paths.extend(batch["path"])
+    return Predictions(np.concatenate(scores), np.concatenate(maps).astype(np.float32), np.concatenate(masks),
+                       np.concatenate(rois), np.concatenate(labels).astype(int), kinds, paths)
+
+
+def autocast_context(device: torch.device, precision: str) -> Any:
+    """bf16 autocast on CPU (AMX), fp16 on CUDA, nothing for fp32."""
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
+    raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+
+
+# --------------------------------------------------------------------------------------------- metrics
+def _check_binary(labels: np.ndarray, what: str) -> None:
+    if labels.size == 0 or labels.min() == labels.max():
+        raise ValueError(f"{what}: needs both good and defective samples")
+
+
+def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    labels = np.asarray(labels).astype(int)
+    _check_binary(labels, "image AUROC")
+    return float(roc_auc_score(labels, scores))
+
+
+def pixel_auroc(maps: np.ndarray, masks: np.ndarray, rois: np.ndarray | None = None) -> float:
+    """AUROC over pixels (inside the ROI when given): defects outside the ROI are not the model's business."""
+    sel = rois.astype(bool) if rois is not None else np.ones(maps.shape, bool)
+    target = masks.astype(bool)[sel]
+    _check_binary(target.astype(int), "pixel AUROC")
+    return float(roc_auc_score(target, maps[sel]))
+
+
+def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """Best F1 over all thresholds and that threshold (images with score >= threshold are rejected)."""
+    labels = np.asarray(labels).astype(int)
+    _check_binary(labels, "F1")
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
+    return float(f1[best]), float(thresholds[best])
+
+
+def aupro(maps: np.ndarray, masks: np.ndarray, rois: np.ndarray | None = None, fpr_limit: float = 0.3) -> float:
+    """Area under the per-region-overlap curve up to ``fpr_limit``, normalised to [0,1].
+
+    Each connected defect region (8-connectivity, per image) weighs the same whatever its size; FPR counts
+    good pixels (inside the ROI when given). Exact, threshold-free: pixels are sorted once by score and the
+    PRO/FPR curve is built from cumulative sums, evaluated after each distinct score.
+    """
+    if not 0 < fpr_limit <= 1:
+        raise ValueError("fpr_limit must be in (0, 1]")
+    maps = np.asarray(maps, dtype=np.float64)
+    masks = np.asarray(masks).astype(bool)
+    sel = np.ones(maps.shape, bool) if rois is None else np.asarray(rois).astype(bool)
+    masks = masks & sel
+    weights = np.zeros(maps.shape, np.float64)
+    n_regions = 0
+    structure = np.ones((3, 3), bool)
+    for i in range(maps.shape[0]):
+        labelled, n = ndimage.label(masks[i], structure=structure)
+        if n == 0:
+            continue
+        sizes = np.bincount(labelled.ravel())
+        w = np.zeros_like(sizes, dtype=np.float64)
+        w[1:] = 1.0 / sizes[1:]
+        weights[i] = w[labelled]
+        n_regions += n
+    negatives = sel & ~masks
+    n_neg = int(negatives.sum())
+    if n_regions == 0 or n_neg == 0:
+        raise ValueError("AUPRO: needs at least one defect region and one good pixel")
+    use = sel.ravel()
+    s = maps.ravel()[use]
+    pos_w = weights.ravel()[use] / n_regions
+    neg = negatives.ravel()[use].astype(np.float64)
+    order = np.argsort(-s, kind="stable")
+    s, pos_w, neg = s[order], pos_w[order], neg[order]
+    last_of_group = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]
+    pro = np.r_[0.0, np.cumsum(pos_w)[last_of_group]]
+    fpr = np.r_[0.0, np.cumsum(neg)[last_of_group] / n_neg]
+    # Clip the curve at fpr_limit, interpolating the crossing point.
+    k = int(np.searchsorted(fpr, fpr_limit, side="right"))
+    if k < fpr.size:
+        f0, f1_, p0, p1 = fpr[k - 1], fpr[k], pro[k - 1], pro[k]
+        p_at = p0 + (p1 - p0) * (fpr_limit - f0) / (f1_ - f0) if f1_ > f0 else p1
+        fpr = np.r_[fpr[:k], fpr_limit]
+        pro = np.r_[pro[:k], p_at]
+    return float(np.trapezoid(pro, fpr) / fpr_limit)
+
+
+def threshold_for_escape(labels: np.ndarray, scores: np.ndarray, escape: float) -> float:
+    """Highest threshold (reject if score >= t) whose escape rate on these samples is <= ``escape``.
+
+    Chosen on the calibration split: pharma lines set the escape budget first and pay for it in false rejects.
+    """
+    labels = np.asarray(labels).astype(int)
+    defect = np.sort(np.asarray(scores)[labels == 1])
+    if defect.size == 0:
+        raise ValueError("escape threshold: calibration split has no defective images")
+    allowed = int(math.floor(escape * defect.size + 1e-9))  # defects that may score below the threshold
+    return float(defect[min(allowed, defect.size - 1)])
+
+
+def rates_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """Accuracy, false-reject rate (good rejected) and escape rate (defect accepted) at one threshold."""
+    labels = np.asarray(labels).astype(int)
+    reject = np.asarray(scores) >= threshold
+    good, bad = labels == 0, labels == 1
+    return {
+        "accuracy": float(np.mean(reject == bad)),
+        "false_reject_rate": float(reject[good].mean()) if good.any() else float("nan"),
+        "escape_rate": float((~reject[bad]).mean()) if bad.any() else float("nan"),
+    }
+
+
+def calibrate(calib: Predictions) -> dict[str, float]:
+    """Thresholds chosen on the calibration split: best-F1 (the default) and one per escape target."""
+    _, thr = f1_max(calib.labels, calib.scores)
+    out = {"threshold": thr}
+    for e in ESCAPE_TARGETS:
+        out[f"threshold_escape_{e:g}"] = threshold_for_escape(calib.labels, calib.scores, e)
+    return out
+
+
+def compute_metrics(
+    test: Predictions, calib: Predictions | None, *, threshold: float | None = None,
+    unseen: Predictions | None = None,
+) -> dict[str, Any]:
+    """All reported figures for ``test`` with thresholds from ``calib`` (or a given ``threshold``)."""
+    if calib is None and threshold is None:
+        raise ValueError("compute_metrics needs a calibration split or an explicit threshold")
+    thresholds = calibrate(calib) if calib is not None else {"threshold": float(threshold)}  # type: ignore[arg-type]
+    if threshold is not None:
+        thresholds["threshold"] = float(threshold)
+    thr = thresholds["threshold"]
+    f1, f1_thr = f1_max(test.labels, test.scores)
+    m: dict[str, Any] = {
+        "image_auroc": image_auroc(test.labels, test.scores),
+        "pixel_auroc": pixel_auroc(test.maps, test.masks, test.rois),
+        "aupro": aupro(test.maps, test.masks, test.rois),
+        "f1_max": f1,
+        "f1_max_threshold_test": f1_thr,
+        **thresholds,
+        "n_test": int(test.labels.size),
+        "n_test_defect": int(test.labels.sum()),
+        "n_calibration": int(calib.labels.size) if calib is not None else 0,
+    }
+    at = rates_at(test.labels, test.scores, thr)
+    m["accuracy"] = at["accuracy"]
+    m["false_reject_rate"] = at["false_reject_rate"]
+    m["escape_rate"] = at["escape_rate"]
+    for e in ESCAPE_TARGETS:
+        key = f"threshold_escape_{e:g}"
+        if key in thresholds:
+            r = rates_at(test.labels, test.scores, thresholds[key])
+            m[f"false_reject_rate_at_escape_{e:g}"] = r["false_reject_rate"]
+            m[f"test_escape_rate_at_escape_{e:g}"] = r["escape_rate"]
+    outside = np.array([k == "outside_roi" for k in test.kinds])
+    if outside.any():
+        m["outside_roi_false_reject_rate"] = float((test.scores[outside] >= thr).mean())
+        m["n_outside_roi"] = int(outside.sum())
+    per_kind: dict[str, dict[str, float]] = {}
+    for kind in sorted(set(test.kinds)):
+        sel = np.array([k == kind for k in test.kinds])
+        per_kind[kind] = {"n": int(sel.sum()), "reject_rate": float((test.scores[sel] >= thr).mean()),
+                          "mean_score": float(test.scores[sel].mean())}
+    m["per_kind"] = per_kind
+    if unseen is not None:
+        m["unseen"] = unseen_metrics(test, unseen, thr)
+    return m
+
+
+def unseen_metrics(test: Predictions, unseen: Predictions, threshold: float) -> dict[str, Any]:
+    """Defect kinds never simulated in training against the test good images: does the model generalise?"""
+    good = test.select(test.labels == 0)
+    bad = unseen.select(unseen.labels == 1)
+    if bad.labels.size == 0 or good.labels.size == 0:
+        return {}
+    labels = np.r_[good.labels, bad.labels]
+    scores = np.r_[good.scores, bad.scores]
+    out: dict[str, Any] = {"image_auroc": image_auroc(labels, scores),
+                           "detection_rate": float((bad.scores >= threshold).mean()), "n": int(bad.labels.size)}
+    both = Predictions(scores, np.concatenate([good.maps, bad.maps]), np.concatenate([good.masks, bad.masks]),
+                       np.concatenate([good.rois, bad.rois]), labels)
+    try:
+        out["pixel_auroc"] = pixel_auroc(both.maps, both.masks, both.rois)
+        out["aupro"] = aupro(both.maps, both.masks, both.rois)
+    except ValueError:
+        pass  # unseen defects may carry no in-ROI mask pixels
+    return out
+
+
+# --------------------------------------------------------------------------------------------- splits
+def calibration_and_test(root: str | Path, image_size: int) -> tuple[InspectionDataset, InspectionDataset, str]:
+    """The calibration and test datasets of ``root``.
+
+    linecam layout: ``val`` calibrates, ``test`` reports. MVTec AD has no val split: its test split is divided
+    deterministically (every other image of each kind) into a calibration half and a reporting half, so the
+    reported figures still never see the threshold's data. Returns (calib, test, how).
+    """
+    splits = list_splits(root)
+    if "test" not in splits:
+        raise DatasetError(f"{root}: no 'test' split")
+    test_records = list_records(root, "test")
+    if "val" in splits:
+        return (InspectionDataset(list_records(root, "val"), image_size),
+                InspectionDataset(test_records, image_size), "val")
+    calib, report = [], []
+    seen: dict[str, int] = {}
+    for r in test_records:
+        n = seen.get(r.kind, 0)
+        (calib if n % 2 == 0 else report).append(r)
+        seen[r.kind] = n + 1
+    return InspectionDataset(calib, image_size), InspectionDataset(report, image_size), "test_even_half"
+
+
+def evaluate_model(
+    model: torch.nn.Module, data_root: str | Path, image_size: int, *, batch_size: int = 8, device: str = "cpu",
+    precision: str = "fp32", fixed_mask: torch.Tensor | None = None,
+) -> tuple[dict[str, Any], dict[str, Predictions]]:
+    """Predict the calibration, test (and test_unseen) splits and compute every metric."""
+    calib_ds, test_ds, how = calibration_and_test(data_root, image_size)
+    kw: dict[str, Any] = {"batch_size": batch_size, "device": device, "precision": precision,
+                          "fixed_mask": fixed_mask}
+    preds = {"calibration": predict_dataset(model, calib_ds, **kw), "test": predict_dataset(model, test_ds, **kw)}
+    if "test_unseen" in list_splits(data_root):
+        preds["test_unseen"] = predict_dataset(model, InspectionDataset(list_records(data_root, "test_unseen"),
+                                                                        image_size), **kw)
+    metrics = compute_metrics(preds["test"], preds["calibration"], unseen=preds.get("test_unseen"))
+    metrics["calibration_split"] = how
+    metrics["fixed_mask"] = fixed_mask is not None
+    return metrics, preds
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return None if math.isnan(f) else f
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_metrics_json(path: str | Path, metrics: dict[str, Any]) -> None:
+    """Write metrics as indented JSON (NaN -> null, numpy scalars -> Python)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(metrics), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def summary_line(metrics: dict[str, Any], keys: Iterable[str] = ("image_auroc", "pixel_auroc", "aupro", "f1_max")) -> str:
+    return "  ".join(f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), float))

@@ -30,8 +30,8 @@ def load_grdnet(model_dir: Path) -> tuple[nn.Module, tuple[int, int], str]:
 
     model, card = load_model_dir(model_dir, verify=True)
     model.eval()
-    size = int(card.input_size)
-    return model, (size, size), model_version_of(card)
+    h, w = card.input_size
+    return model, (int(h), int(w)), model_version_of(card)
 
 
 class TorchGraphDetector(ABC):

@@ -84,9 +84,7 @@ class ConvBNAct(nn.Sequential):
     BatchNorm right after the conv folds into the conv weights at export time.
     """
 
-    def __init__(
-        self, cin: int, cout: int, kernel: int = 3, stride: int = 1, negative_slope: float = 0.0
-    ) -> None:
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, negative_slope: float = 0.0) -> None:
         act: nn.Module = nn.LeakyReLU(negative_slope) if negative_slope > 0 else nn.ReLU(inplace=False)
         super().__init__(
             nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),

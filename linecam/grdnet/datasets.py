@@ -2,8 +2,9 @@
 
 Two on-disk layouts are understood:
 
-* **MVTec AD**: ``<category>/train/good``, ``<category>/test/<type>``, ``<category>/ground_truth/<type>/<name>_mask.png``
-  and an optional ``<category>/roi/<split>/<type>/<name>.png`` (or one shared ``<category>/roi.png``).
+* **MVTec AD**: ``<category>/train/good``, ``<category>/test/<type>``,
+  ``<category>/ground_truth/<type>/<name>_mask.png`` and an optional
+  ``<category>/roi/<split>/<type>/<name>.png`` (or one shared ``<category>/roi.png``).
 * **linecam** (written by ``linecam synth``): ``dataset.json`` + ``labels.jsonl`` describing every image with its
   split, kind, line label, defect mask and ROI.
 
@@ -14,7 +15,6 @@ model's input size, so the trainer and the evaluator never care which layout the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -82,54 +82,39 @@ def _mvtec_records(root: Path, split: str, require_roi: bool) -> list[SampleReco
             if roi is not None and not roi.is_file():
                 roi = shared_roi if shared_roi.is_file() else None
             if roi is None and require_roi:
-                raise DatasetError(f"{image}: ROI required but neither roi/{split}/{kind}/{image.name} nor roi.png exist")
+                raise DatasetError(
+                    f"{image}: ROI required but neither roi/{split}/{kind}/{image.name} nor roi.png exist"
+                )
             records.append(SampleRecord(image, split, kind, 0 if kind in GOOD_KINDS else 1, mask, roi))
     return records
 
 
-def _linecam_entries(root: Path) -> list[dict[str, Any]]:
-    """Read labels.jsonl (the synth writer's index); every line must be a JSON object."""
-    index = root / "labels.jsonl"
-    if not index.is_file():
-        raise DatasetError(f"{index}: linecam dataset index is missing")
-    entries: list[dict[str, Any]] = []
-    with index.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{index}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(entry, dict):
-                raise DatasetError(f"{index}:{lineno}: expected a JSON object")
-            for field in ("path", "split", "kind", "line_label"):
-                if field not in entry:
-                    raise DatasetError(f"{index}:{lineno}: field '{field}' is missing")
-            if entry["line_label"] not in ("good", "defect"):
-                raise DatasetError(f"{index}:{lineno}: field 'line_label' must be 'good' or 'defect'")
-            entry["_where"] = f"{index}:{lineno}"
-            entries.append(entry)
-    return entries
+def _linecam_index(root: Path) -> list[Any]:
+    """The synth writer's index (``linecam.synth.layout.load_index``), its errors re-raised as DatasetError."""
+    from linecam.synth import layout
+
+    try:
+        return layout.load_index(root)
+    except layout.DatasetError as exc:
+        raise DatasetError(str(exc)) from exc
 
 
 def _linecam_records(root: Path, split: str, require_roi: bool) -> list[SampleRecord]:
+    """Records of one split. The linecam layout promises an ROI for every image, so a missing one is an error."""
     records: list[SampleRecord] = []
-    for entry in _linecam_entries(root):
-        if entry["split"] != split:
+    for entry in _linecam_index(root):
+        if entry.split != split:
             continue
-        image = root / entry["path"]
+        image = Path(entry.path)
         if not image.is_file():
-            raise DatasetError(f"{image}: image listed at {entry['_where']} does not exist")
-        mask = root / entry["mask"] if entry.get("mask") else None
-        roi = root / entry["roi"] if entry.get("roi") else None
-        for name, path in (("mask", mask), ("roi", roi)):
-            if path is not None and not path.is_file():
-                raise DatasetError(f"{path}: {name} listed at {entry['_where']} does not exist")
-        if roi is None and require_roi:
-            raise DatasetError(f"{image}: ROI required but {entry['_where']} lists none")
-        label = 1 if entry["line_label"] == "defect" else 0
-        records.append(SampleRecord(image, split, str(entry["kind"]), label, mask, roi))
+            raise DatasetError(f"{image}: image listed in {root / 'labels.jsonl'} does not exist")
+        if entry.mask_path is not None and not Path(entry.mask_path).is_file():
+            raise DatasetError(f"{entry.mask_path}: defect mask of {image} does not exist")
+        if entry.roi_path is None:
+            rel = image.relative_to(root) if image.is_relative_to(root) else image
+            raise DatasetError(f"{image}: ROI mask missing (expected roi/{rel} as the linecam layout requires)")
+        label = 1 if entry.line_label == "defect" else 0
+        records.append(SampleRecord(image, split, str(entry.kind), label, entry.mask_path, entry.roi_path))
     return records
 
 
@@ -137,13 +122,13 @@ def list_splits(root: str | Path) -> list[str]:
     """Splits present in the dataset (e.g. train, val, test, test_unseen)."""
     root = Path(root)
     if detect_layout(root) == "linecam":
-        return sorted({str(e["split"]) for e in _linecam_entries(root)})
+        return sorted({str(e.split) for e in _linecam_index(root)})
     return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name in ("train", "val", "test"))
 
 
 def list_records(root: str | Path, split: str, *, require_roi: bool = False) -> list[SampleRecord]:
     """All images of one split, sorted as on disk; raise DatasetError if the split is empty or broken."""
-    root = Path(root)
+    root = Path(root).resolve()
     layout = detect_layout(root)
     records = (_linecam_records if layout == "linecam" else _mvtec_records)(root, split, require_roi)
     if not records:

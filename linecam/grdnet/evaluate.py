@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import ndimage
-from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import precision_recall_curve, roc_auc_score
 from torch.utils.data import DataLoader
 
-from linecam.grdnet.datasets import DatasetError, InspectionDataset, list_records, list_splits
+from linecam.grdnet.datasets import DatasetError, InspectionDataset, SampleRecord, list_records, list_splits
 
 ESCAPE_TARGETS = (0.0, 0.01)
 """Escape (missed-defect) rates at which the false-reject rate is reported."""
@@ -85,6 +85,14 @@ def predict_dataset(
         paths.extend(batch["path"])
     return Predictions(np.concatenate(scores), np.concatenate(maps).astype(np.float32), np.concatenate(masks),
                        np.concatenate(rois), np.concatenate(labels).astype(int), kinds, paths)
+
+
+def prepare_for_inference(model: torch.nn.Module, device: str, precision: str) -> torch.nn.Module:
+    """Eval mode on the device; channels_last for bf16 on CPU, where oneDNN/AMX is ~5x faster than fp32."""
+    model = model.to(torch.device(device)).eval()
+    if device == "cpu" and precision == "bf16":
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model
 
 
 def autocast_context(device: torch.device, precision: str) -> Any:
@@ -293,7 +301,8 @@ def calibration_and_test(root: str | Path, image_size: int) -> tuple[InspectionD
     if "val" in splits:
         return (InspectionDataset(list_records(root, "val"), image_size),
                 InspectionDataset(test_records, image_size), "val")
-    calib, report = [], []
+    calib: list[SampleRecord] = []
+    report: list[SampleRecord] = []
     seen: dict[str, int] = {}
     for r in test_records:
         n = seen.get(r.kind, 0)
@@ -340,5 +349,8 @@ def write_metrics_json(path: str | Path, metrics: dict[str, Any]) -> None:
     path.write_text(json.dumps(_jsonable(metrics), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def summary_line(metrics: dict[str, Any], keys: Iterable[str] = ("image_auroc", "pixel_auroc", "aupro", "f1_max")) -> str:
+def summary_line(
+    metrics: dict[str, Any], keys: Iterable[str] = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
+) -> str:
+    """One-line summary of the headline metrics for logs and the CLI."""
     return "  ".join(f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), float))

@@ -8,8 +8,8 @@ by a newer version fails loudly instead of silently building a different network
 Two profiles ship:
 
 * ``fast``: the production profile. Full-resolution work is a 4x4 patchify stem (no 3x3 conv runs at the input
-  resolution), so the inference path (encoder + decoder + U-Net + scoring) stays around 1 GFLOP per 256x256
-  image and runs in a few milliseconds on two AMX cores in bf16 channels_last.
+  resolution), so the inference path (encoder + decoder + U-Net + scoring) stays about 1.4 GFLOP per 256x256
+  image and ran in about 10 ms on two idle AMX cores in bf16 channels_last; re-measure with bench/model_flops.py.
 * ``paper``: 256x256, CRAE latent 32x8x8 as in section 4.4.1 of the paper, widths in the spirit of the authors'
   code (tens of millions of generator parameters). For comparisons, not for the line.
 """
@@ -74,7 +74,7 @@ PROFILES: dict[str, ModelProfile] = {
         gen_widths=(16, 32, 64, 128),
         latent_channels=32,
         disc_widths=(16, 32, 64, 128),
-        unet_widths=(32, 48, 96, 128),
+        unet_widths=(24, 48, 96, 128),
         stem_stride=4,
     ),
     "paper": ModelProfile(

@@ -29,6 +29,9 @@ class SyntheticSourceConfig(_Strict):
     seed: int = 0
     area: str = "meniscus"
     channels: Literal[1, 3] = 3
+    #: render this many frames at start-up and replay them in a loop (0: render every frame live). Rendering
+    #: a 256 px frame costs ~40 ms of CPU; on a small demo machine that CPU is better spent on inference.
+    prerender: int = Field(0, ge=0, le=10_000)
 
 
 class TriggerConfig(_Strict):

@@ -1,0 +1,348 @@
+"""Inference throughput of every CPU backend variant against an in-run baseline and the physical floor.
+
+For each variant (torch fp32 eager = baseline, torch-cpu fp32/bf16 eager/jit, optional torch.compile,
+onnxruntime) and batch sizes 1, 4, 16, 64: median latency per batch (full ``detect`` call: uint8 frames in,
+scores out, preprocessing and scoring head included), images/s, speed-up over the baseline, and the ratio
+to the physical floor of this machine measured in the same run:
+
+    floor = max(FLOPs per image / matmul rate (bf16 or fp32),  bytes moved per image / copy bandwidth)
+
+FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode``; bytes moved are the activations each
+leaf module writes and the next reads (2x their size) plus the weights once per batch and the input frame.
+Also prints where the time goes: per-stage timings (generator / U-Net / scoring) and the top aten ops.
+
+    .venv/bin/python bench/infer.py --profile fast            # random weights, no model dir needed
+    .venv/bin/python bench/infer.py --model model/vials/v1    # a real model directory (uses its model.onnx)
+
+Writes ``bench/results/infer_cpu.json`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from linecam.backends.export import export_graph, structured_images
+from linecam.backends.graph import InferenceGraph
+from linecam.backends.onnxrt import OnnxRuntimeDetector
+from linecam.backends.torch_cpu import TorchCpuDetector, cpu_supports_bf16
+from linecam.grdnet.scoring import score_maps
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ----------------------------------------------------------------------------------------------- machine
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+    """Sustained FLOP/s of an n x n matmul in ``dtype`` (the best a conv can hope for)."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    for _ in range(2):
+        a @ b
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def copy_bandwidth(mib: int = 256, seconds: float = 1.0) -> float:
+    """Bytes/s moved by a large tensor copy (read + write counted)."""
+    src = torch.ones(mib << 18, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        dst.copy_(src)
+        reps += 1
+    return 2 * src.numel() * 4 * reps / (time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------------------------- model cost
+
+
+def count_flops(grdnet: nn.Module, size: int) -> int:
+    """FLOPs of one image through the inference path (GRDNet forward + scoring head)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.rand(1, 3, size, size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        score_maps(grdnet(x))
+    return int(counter.get_total_flops())
+
+
+def activation_bytes(grdnet: nn.Module, size: int, element_size: int) -> int:
+    """Bytes of leaf-module outputs for one image, x2 (written once, read once by the next layer)."""
+    total = 0
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel() * element_size
+
+    handles = [m.register_forward_hook(hook) for m in grdnet.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            grdnet(torch.rand(1, 3, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+    return 2 * total
+
+
+# ----------------------------------------------------------------------------------------------- variants
+
+
+class CompiledDetector:
+    """torch.compile (inductor, CPU) of the InferenceGraph in bf16: measured, not shipped unless it wins."""
+
+    backend = "torch-compile"
+
+    def __init__(self, grdnet: nn.Module, size: int, dtype: torch.dtype) -> None:
+        net = grdnet.eval().to(dtype=dtype).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.graph = torch.compile(InferenceGraph(net, (size, size), compute_dtype=dtype).eval(), dynamic=False)
+
+    def detect(self, images: np.ndarray) -> Any:
+        with torch.inference_mode():
+            return self.graph(torch.from_numpy(images))
+
+    def close(self) -> None:
+        pass
+
+
+def make_variants(
+    grdnet: nn.Module, size: int, onnx_path: Path | None, threads: int, with_compile: bool
+) -> list[tuple[str, Callable[[], Any]]]:
+    """(name, factory) for every variant this machine can run; the first one is the baseline."""
+
+    def torch_cpu(precision: str, mode: str) -> Callable[[], Any]:
+        return lambda: TorchCpuDetector(
+            copy.deepcopy(grdnet), (size, size), precision=precision, mode=mode, threads=threads
+        )
+
+    variants: list[tuple[str, Callable[[], Any]]] = [
+        ("torch fp32 eager (baseline)", torch_cpu("fp32", "eager")),
+        ("torch-cpu fp32 jit", torch_cpu("fp32", "jit")),
+    ]
+    if cpu_supports_bf16():
+        variants += [
+            ("torch-cpu bf16 eager", torch_cpu("bf16", "eager")),
+            ("torch-cpu bf16 jit (default)", torch_cpu("bf16", "jit")),
+        ]
+        if with_compile:
+            variants.append(
+                ("torch.compile bf16", lambda: CompiledDetector(copy.deepcopy(grdnet), size, torch.bfloat16))
+            )
+    if onnx_path is not None:
+        variants.append(
+            ("onnxruntime fp32", lambda: OnnxRuntimeDetector(onnx_path, (size, size), threads=threads))
+        )
+    return variants
+
+
+def time_batch(det: Any, images: np.ndarray, budget_s: float, min_reps: int = 3) -> float:
+    """Median seconds of ``det.detect(images)`` after two warm-up calls."""
+    for _ in range(2):
+        det.detect(images)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 50):
+        t = time.perf_counter()
+        det.detect(images)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+# ----------------------------------------------------------------------------------------------- breakdown
+
+
+def stage_breakdown(grdnet: nn.Module, size: int, dtype: torch.dtype, reps: int = 20) -> dict[str, float]:
+    """Median ms per stage at batch 1 (eager, channels_last): where the time goes, per network."""
+    net = copy.deepcopy(grdnet).eval().to(dtype=dtype).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    x = torch.rand(1, 3, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        x_hat = net.generator.reconstruct(x)
+        logits = net.unet(x, x_hat)
+        stages: dict[str, Callable[[], Any]] = {
+            "generator encoder": lambda: net.generator.encoder(x),
+            "generator decoder": lambda: net.generator.decoder(net.generator.encoder(x)),
+            "u-net": lambda: net.unet(x, x_hat),
+            "scoring head": lambda: score_maps(torch.sigmoid(logits.float())),
+        }
+        out = {}
+        for name, fn in stages.items():
+            for _ in range(3):
+                fn()
+            ts = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
+            out[name] = 1e3 * statistics.median(ts)
+    out["generator decoder"] -= out["generator encoder"]
+    return out
+
+
+def top_ops(det: Any, images: np.ndarray, rows: int = 12) -> list[dict[str, Any]]:
+    """The aten ops with the most self CPU time over 10 calls of the default detector."""
+    from torch.profiler import ProfilerActivity, profile
+
+    det.detect(images)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(10):
+            det.detect(images)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
+    total = sum(e.self_cpu_time_total for e in prof.key_averages()) or 1
+    return [
+        {
+            "op": e.key,
+            "calls_per_image": e.count / 10,
+            "self_ms_per_detect": e.self_cpu_time_total / 1e3 / 10,
+            "share": e.self_cpu_time_total / total,
+        }
+        for e in events
+    ]
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def load_model(args: argparse.Namespace, workdir: Path) -> tuple[nn.Module, int, Path | None, str]:
+    """-> (GRDNet, input size, model.onnx or None, description)."""
+    if args.model is not None:
+        from linecam.grdnet.modeldir import load_model_dir
+
+        grdnet, card = load_model_dir(args.model)
+        size = int(card.input_size[0])
+        onnx_path = args.model / "model.onnx"
+        return grdnet, size, (onnx_path if onnx_path.is_file() else None), f"{args.model}"
+    from linecam.grdnet.model import build_grdnet
+    from linecam.grdnet.profiles import get_profile
+
+    overrides = {"image_size": args.size} if args.size else {}
+    profile = get_profile(args.profile, **overrides)
+    torch.manual_seed(0)
+    grdnet = build_grdnet(profile).eval()
+    onnx_path = None
+    if not args.no_onnx:
+        onnx_path = export_graph(copy.deepcopy(grdnet), (profile.image_size,) * 2, workdir / "model.onnx")
+    return grdnet, profile.image_size, onnx_path, f"profile {profile.name} (random weights)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help="model directory (default: random --profile)")
+    parser.add_argument("--profile", default="fast")
+    parser.add_argument("--size", type=int, default=None, help="override the profile's image size")
+    parser.add_argument("--batches", default="1,4,16,64")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds of timing per variant and batch")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
+    parser.add_argument("--no-onnx", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS / "infer_cpu.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        grdnet, size, onnx_path, desc = load_model(args, Path(tmp))
+        print(f"model: {desc}, {size}x{size}, {sum(p.numel() for p in grdnet.parameters()) / 1e6:.2f} M params")
+        flops = count_flops(grdnet, size)
+        params = sum(p.numel() for p in grdnet.parameters())
+        rates = {"fp32": matmul_rate(torch.float32)}
+        if cpu_supports_bf16():
+            rates["bf16"] = matmul_rate(torch.bfloat16)
+        bandwidth = copy_bandwidth()
+        print(f"{flops / 1e9:.3f} GFLOP/image; matmul " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in
+              rates.items()) + f"; copy {bandwidth / 1e9:.1f} GB/s; {args.threads} threads")
+
+        rows: list[dict[str, Any]] = []
+        baseline: dict[int, float] = {}
+        header = f"{'variant':32s} {'batch':>5s} {'ms/batch':>9s} {'img/s':>8s} {'vs base':>8s} {'x floor':>8s}"
+        print(header)
+        print("-" * len(header))
+        default_det = None
+        for name, factory in make_variants(grdnet, size, onnx_path, args.threads, args.compile):
+            t0 = time.perf_counter()
+            try:
+                det = factory()
+                det.detect(structured_images(1, (size, size)))
+            except Exception as exc:  # a variant that cannot run here is reported, not fatal
+                print(f"{name:32s} unavailable: {exc}")
+                rows.append({"variant": name, "error": str(exc)})
+                continue
+            setup_s = time.perf_counter() - t0
+            precision = "bf16" if "bf16" in name else "fp32"
+            elt = 2 if precision == "bf16" else 4
+            act = activation_bytes(grdnet, size, elt)
+            for b in batches:
+                images = structured_images(b, (size, size), seed=b)
+                sec = time_batch(det, images, args.budget)
+                baseline.setdefault(b, sec)
+                bytes_moved = b * (act + size * size * 3) + params * elt
+                floor = max(b * flops / rates.get(precision, rates["fp32"]), bytes_moved / bandwidth)
+                row = {
+                    "variant": name,
+                    "precision": precision,
+                    "batch": b,
+                    "median_ms": 1e3 * sec,
+                    "images_per_s": b / sec,
+                    "speedup_vs_baseline": baseline[b] / sec,
+                    "floor_ms": 1e3 * floor,
+                    "ratio_to_floor": sec / floor,
+                    "setup_s": setup_s,
+                }
+                rows.append(row)
+                print(f"{name:32s} {b:5d} {1e3 * sec:9.2f} {b / sec:8.1f} {baseline[b] / sec:7.2f}x "
+                      f"{sec / floor:7.1f}x")
+            if "(default)" in name:
+                default_det = det
+            else:
+                det.close()
+
+        breakdown = stage_breakdown(grdnet, size, torch.bfloat16 if cpu_supports_bf16() else torch.float32)
+        print("\nbatch-1 stage times (eager, channels_last): " +
+              ", ".join(f"{k} {v:.2f} ms" for k, v in breakdown.items()))
+        ops = top_ops(default_det, structured_images(1, (size, size))) if default_det is not None else []
+        if ops:
+            print("top ops of the default variant at batch 1 (self CPU ms per image, share):")
+            for op in ops:
+                print(f"  {op['op']:42s} {op['self_ms_per_detect']:7.3f} ms  {100 * op['share']:5.1f}%")
+
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": args.threads,
+            "matmul_flops_per_s": rates,
+            "copy_bytes_per_s": bandwidth,
+        },
+        "model": {"description": desc, "size": size, "params": params, "flops_per_image": flops},
+        "results": rows,
+        "stage_ms_batch1": breakdown,
+        "top_ops_default_batch1": ops,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""onnxruntime backend: runs the exported ``model.onnx`` (preprocessing + GRD-Net + scoring head in one graph).
+
+The ONNX graph takes uint8 RGB (N, H, W, 3) of any size and a float mask (N, 1, h, w) and returns
+``scores`` (N,) and ``maps`` (N, 1, S, S). Gray and RGBa frames are mapped to 3 channels with one vectorised
+numpy view/copy before the call (the exported graph has a fixed channel count). Without a caller mask the
+backend feeds a cached all-ones mask, so one graph serves both cases.
+
+Options: ``threads`` (intra-op threads), ``providers`` (default: CUDA when onnxruntime-gpu sees a GPU,
+then CPU).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linecam.backends.base import BackendSpec, Detection, register_backend
+from linecam.backends.inputs import check_images, check_masks
+from linecam.backends.modelfiles import ONNX_NAME, read_card, verified_file
+
+INPUT_IMAGES = "images"
+INPUT_MASK = "mask"
+OUTPUT_SCORES = "scores"
+OUTPUT_MAPS = "maps"
+
+
+def to_rgb(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) uint8 with C in 1, 3, 4 -> contiguous (N, H, W, 3): gray replicated, alpha dropped."""
+    channels = images.shape[-1]
+    if channels == 3:
+        return images
+    if channels == 1:
+        return np.ascontiguousarray(np.broadcast_to(images, (*images.shape[:3], 3)))
+    return np.ascontiguousarray(images[..., :3])
+
+
+def default_providers() -> list[str]:
+    """CUDA first when onnxruntime-gpu is installed and sees a device, CPU always."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class OnnxRuntimeDetector:
+    """Detector over an onnxruntime InferenceSession of the exported graph."""
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        input_size: tuple[int, int],
+        model_version: str = "unversioned",
+        threads: int | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.model_version = model_version
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.inter_op_num_threads = 1
+        if threads is not None:
+            if int(threads) < 1:
+                raise ValueError(f"onnxruntime option threads must be >= 1, got {threads}")
+            opts.intra_op_num_threads = int(threads)
+        self.providers = list(providers) if providers is not None else default_providers()
+        self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=self.providers)
+        names = {i.name for i in self.session.get_inputs()}
+        if names != {INPUT_IMAGES, INPUT_MASK}:
+            raise ValueError(f"{onnx_path}: expected inputs {{images, mask}}, found {sorted(names)}")
+        self._ones: dict[int, np.ndarray] = {}
+        self._closed = False
+
+    def _ones_mask(self, n: int) -> np.ndarray:
+        mask = self._ones.get(n)
+        if mask is None:
+            mask = np.ones((n, 1, *self.input_size), dtype=np.float32)
+            self._ones[n] = mask
+        return mask
+
+    def detect(
+        self, images: np.ndarray, masks: np.ndarray | None = None, return_maps: bool = False
+    ) -> Detection:
+        if self._closed:
+            raise RuntimeError(f"onnxruntime detector for {self.model_version} is closed")
+        imgs = to_rgb(check_images(images))
+        n = imgs.shape[0]
+        mask = check_masks(masks, n)
+        if mask is None:
+            mask = self._ones_mask(n)
+        elif mask.shape[0] != n:
+            mask = np.ascontiguousarray(np.broadcast_to(mask, (n, *mask.shape[1:])))
+        outputs = [OUTPUT_SCORES, OUTPUT_MAPS] if return_maps else [OUTPUT_SCORES]
+        result = self.session.run(outputs, {INPUT_IMAGES: imgs, INPUT_MASK: mask})
+        scores = np.asarray(result[0], dtype=np.float32).reshape(-1)
+        maps = np.asarray(result[1], dtype=np.float32)[:, 0] if return_maps else None
+        return Detection(scores=scores, maps=maps)
+
+    def close(self) -> None:
+        self._closed = True
+        self._ones.clear()
+        del self.session
+
+
+def open_onnxruntime(model_dir: Path, **options: Any) -> OnnxRuntimeDetector:
+    """Registry factory: check model.onnx against the card's sha256, then open a session on it."""
+    card, version = read_card(model_dir)
+    onnx_path = verified_file(model_dir, card, ONNX_NAME, hint="run `linecam export --model DIR` first")
+    h, w = card.input_size
+    return OnnxRuntimeDetector(onnx_path, (int(h), int(w)), model_version=version, **options)
+
+
+def _probe(model_dir: Path | None) -> str | None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "onnxruntime is not installed"
+    if model_dir is not None and not (model_dir / ONNX_NAME).is_file():
+        return f"{model_dir / ONNX_NAME} does not exist (run `linecam export --model {model_dir}`)"
+    return None
+
+
+SPEC = register_backend(
+    BackendSpec(
+        name="onnxruntime",
+        factory=open_onnxruntime,
+        probe=_probe,
+        speed_rank=10,
+        description="onnxruntime (CPU, or CUDA with onnxruntime-gpu) on the exported model.onnx",
+    )
+)

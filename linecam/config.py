@@ -1,0 +1,316 @@
+"""The line configuration: one typed schema, unknown keys refused, each process reads only its slice.
+
+Why strict: a misspelt key on a production line (``dealine_ms``) must stop the start-up with the file and
+field named, not silently fall back to a default. All relative paths resolve against the config file's
+own folder, so ``linecam run --config /etc/linecam/line.yaml`` works from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from linecam.runtime.regions import RegionConfig, RegionError, load_regions
+from linecam.runtime.sources.config import (
+    FolderSourceConfig,
+    GenicamSourceConfig,
+    SourceConfig,
+    SyntheticSourceConfig,
+)
+
+__all__ = [
+    "RUNTIME_DIR_ENV",
+    "AcquireConfig",
+    "CameraConfig",
+    "ConfigError",
+    "CurveConfig",
+    "FolderSourceConfig",
+    "GateConfig",
+    "GenicamSourceConfig",
+    "InferConfig",
+    "LineConfig",
+    "LineInfo",
+    "LogPlcConfig",
+    "ModbusPlcConfig",
+    "ModelRef",
+    "PlcConfig",
+    "RegionConfig",
+    "SourceConfig",
+    "SyntheticSourceConfig",
+    "TransportConfig",
+    "load_config",
+]
+
+#: the supervisor creates one temporary runtime dir and hands it to its children through this variable.
+RUNTIME_DIR_ENV = "LINECAM_RUNTIME_DIR"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the field path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LineInfo(_Strict):
+    name: str = Field(min_length=1)
+    station: str = Field(min_length=1)
+
+
+class ModelRef(_Strict):
+    """A model directory (``card.json`` + weights) inspected regions refer to by name."""
+
+    path: Path
+
+
+class CameraConfig(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    source: SourceConfig
+    #: a calibration folder holding regions.yaml, or an inline list; always a list after load_config.
+    regions: Path | list[RegionConfig]
+
+    def region_list(self) -> list[RegionConfig]:
+        """The resolved regions (load_config always resolves a calibration folder into the list)."""
+        if not isinstance(self.regions, list):
+            raise ConfigError(f"camera {self.name}: regions folder {self.regions} was not loaded")
+        return self.regions
+
+
+class CurveConfig(_Strict):
+    """CURVE key files (zmq.auth format). Binders need the server secret and the client public key,
+    connectors the server public key and the client secret; a process reads only what its side needs."""
+
+    server_public: Path | None = None
+    server_secret: Path | None = None
+    client_public: Path | None = None
+    client_secret: Path | None = None
+
+
+class TransportConfig(_Strict):
+    frames_endpoint: str | None = None
+    events_endpoint: str | None = None
+    sndhwm: int = Field(4, ge=1, le=10_000)
+    rcvhwm: int = Field(4, ge=1, le=10_000)
+    curve: CurveConfig | None = None
+
+
+class InferConfig(_Strict):
+    backend: str = "auto"
+    max_batch: int = Field(8, ge=1, le=1024)
+    max_wait_ms: float = Field(4.0, ge=0, le=10_000)
+    threads: int = Field(2, ge=1, le=256)
+    reject_dir: Path | None = None
+    save_rejects: bool = True
+    reject_queue: int = Field(16, ge=1, le=10_000)
+    #: run each model on blank frames of the cameras' sizes before serving (JIT/graph builds happen then,
+    #: not on the first live products).
+    warmup: bool = True
+    metrics_port: int = Field(9110, ge=0, le=65535)
+
+
+class LogPlcConfig(_Strict):
+    """Write every result as a JSON line (stdout, or ``path``): for the demo and for dry runs."""
+
+    kind: Literal["log"] = "log"
+    path: Path | None = None
+
+
+class ModbusPlcConfig(_Strict):
+    """Modbus/TCP holding-register link; see docs/plc_registers.md for the register map."""
+
+    kind: Literal["modbus"] = "modbus"
+    host: str = "127.0.0.1"
+    port: int = Field(502, ge=1, le=65535)
+    device_id: int = Field(1, ge=0, le=255)
+    base_register: int = Field(100, ge=0, le=65535 - 8)
+    heartbeat_register: int = Field(99, ge=0, le=65535)
+    heartbeat_period_s: float = Field(1.0, gt=0, le=60)
+    timeout_s: float = Field(0.5, gt=0, le=30)
+    reconnect_min_s: float = Field(0.1, gt=0, le=60)
+    reconnect_max_s: float = Field(5.0, gt=0, le=600)
+
+
+PlcConfig = Annotated[LogPlcConfig | ModbusPlcConfig, Field(discriminator="kind")]
+
+
+class GateConfig(_Strict):
+    deadline_ms: float = Field(300.0, gt=0, le=600_000)
+    #: how long a verdict that arrives before its announcement is held for matching.
+    hold_ms: float = Field(1000.0, gt=0, le=600_000)
+    audit_log: Path | None = None
+    plc: PlcConfig = Field(default_factory=lambda: LogPlcConfig.model_validate({}))
+    metrics_port: int = Field(9111, ge=0, le=65535)
+    sweep_ms: float = Field(2.0, gt=0, le=1000)
+
+
+class AcquireConfig(_Strict):
+    metrics_base_port: int = Field(9101, ge=0, le=65535)
+
+
+class LineConfig(_Strict):
+    line: LineInfo
+    runtime_dir: Path | None = None
+    models: dict[str, ModelRef]
+    cameras: list[CameraConfig] = Field(min_length=1)
+    transport: TransportConfig = Field(default_factory=lambda: TransportConfig.model_validate({}))
+    infer: InferConfig = Field(default_factory=lambda: InferConfig.model_validate({}))
+    gate: GateConfig = Field(default_factory=lambda: GateConfig.model_validate({}))
+    acquire: AcquireConfig = Field(default_factory=lambda: AcquireConfig.model_validate({}))
+    #: the file this config came from (set by load_config; None for configs built in code).
+    source_path: Path | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> LineConfig:
+        names = [c.name for c in self.cameras]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate camera names {dupes}")
+        for i, cam in enumerate(self.cameras):
+            if isinstance(cam.regions, list):
+                for j, region in enumerate(cam.regions):
+                    if region.model not in self.models:
+                        raise ValueError(
+                            f"cameras[{i}] ({cam.name}).regions[{j}] ({region.name}): model {region.model!r} "
+                            f"is not in models {sorted(self.models)}"
+                        )
+        return self
+
+    def camera(self, name: str) -> CameraConfig:
+        """The camera called ``name``; ConfigError listing the known cameras otherwise."""
+        for cam in self.cameras:
+            if cam.name == name:
+                return cam
+        raise ConfigError(f"{self.source_path or 'config'}: no camera {name!r}; cameras: "
+                          f"{[c.name for c in self.cameras]}")
+
+    def camera_index(self, name: str) -> int:
+        return [c.name for c in self.cameras].index(self.camera(name).name)
+
+    def runtime_path(self) -> Path:
+        """The folder for ipc sockets and default logs.
+
+        ``runtime_dir`` when set; else ``$LINECAM_RUNTIME_DIR`` (the supervisor creates a temporary folder and
+        exports it to its children so they all meet at the same sockets). Without either, separate processes
+        could never find each other, so that is an error rather than a private temp folder.
+        """
+        if self.runtime_dir is not None:
+            return self.runtime_dir
+        env = os.environ.get(RUNTIME_DIR_ENV)
+        if env:
+            return Path(env)
+        raise ConfigError(
+            f"{self.source_path or 'config'}: runtime_dir is null and ${RUNTIME_DIR_ENV} is not set; start the "
+            "line with `linecam run` (which creates a temporary runtime dir) or set runtime_dir"
+        )
+
+    def frames_endpoint(self) -> str:
+        return self.transport.frames_endpoint or f"ipc://{self.runtime_path() / 'frames.sock'}"
+
+    def events_endpoint(self) -> str:
+        return self.transport.events_endpoint or f"ipc://{self.runtime_path() / 'events.sock'}"
+
+    def audit_log_path(self) -> Path:
+        """Where the gate appends its audit lines: ``gate.audit_log`` or ``<runtime dir>/audit.jsonl``."""
+        return self.gate.audit_log or self.runtime_path() / "audit.jsonl"
+
+
+def _format_validation(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
+    return "; ".join(parts)
+
+
+def _resolve(path: Path | None, base: Path) -> Path | None:
+    if path is None:
+        return None
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _resolve_paths(cfg: LineConfig, base: Path, source: str) -> LineConfig:
+    models = {name: ModelRef(path=_resolve(ref.path, base) or ref.path) for name, ref in cfg.models.items()}
+    cameras = []
+    for i, cam in enumerate(cfg.cameras):
+        src: Any = cam.source
+        if isinstance(src, GenicamSourceConfig):
+            src = src.model_copy(update={"cti": _resolve(src.cti, base)})
+        elif isinstance(src, FolderSourceConfig):
+            src = src.model_copy(update={"path": _resolve(src.path, base)})
+        if isinstance(cam.regions, list):
+            regions = [
+                r.model_copy(update={"mask": _resolve(r.mask, base)}) if r.mask is not None else r
+                for r in cam.regions
+            ]
+        else:
+            folder = _resolve(cam.regions, base)
+            assert folder is not None
+            try:
+                regions = load_regions(folder)
+            except RegionError as exc:
+                raise ConfigError(f"{source}: cameras[{i}] ({cam.name}).regions: {exc}") from None
+            for j, region in enumerate(regions):
+                if region.model not in cfg.models:
+                    raise ConfigError(
+                        f"{source}: cameras[{i}] ({cam.name}).regions[{j}] ({region.name}) from {folder}: "
+                        f"model {region.model!r} is not in models {sorted(cfg.models)}"
+                    )
+        cameras.append(cam.model_copy(update={"source": src, "regions": regions}))
+    transport = cfg.transport
+    if transport.curve is not None:
+        c = transport.curve
+        curve = CurveConfig(
+            server_public=_resolve(c.server_public, base),
+            server_secret=_resolve(c.server_secret, base),
+            client_public=_resolve(c.client_public, base),
+            client_secret=_resolve(c.client_secret, base),
+        )
+        transport = transport.model_copy(update={"curve": curve})
+    infer = cfg.infer.model_copy(update={"reject_dir": _resolve(cfg.infer.reject_dir, base)})
+    plc = cfg.gate.plc
+    if isinstance(plc, LogPlcConfig) and plc.path is not None:
+        plc = plc.model_copy(update={"path": _resolve(plc.path, base)})
+    gate = cfg.gate.model_copy(update={"audit_log": _resolve(cfg.gate.audit_log, base), "plc": plc})
+    return cfg.model_copy(
+        update={
+            "runtime_dir": _resolve(cfg.runtime_dir, base),
+            "models": models,
+            "cameras": cameras,
+            "transport": transport,
+            "infer": infer,
+            "gate": gate,
+            "source_path": Path(source),
+        }
+    )
+
+
+def parse_config(raw: Any, source: str = "<config>", base_dir: Path | None = None) -> LineConfig:
+    """Validate an already-parsed YAML document; paths resolve against ``base_dir`` (default: cwd)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    if "source_path" in raw:
+        raise ConfigError(f"{source}: source_path: extra inputs are not permitted")
+    try:
+        cfg = LineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_format_validation(exc)}") from None
+    return _resolve_paths(cfg, (base_dir or Path.cwd()).resolve(), source)
+
+
+def load_config(path: str | Path) -> LineConfig:
+    """Read and validate a line config file; every error names ``path`` and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(raw, str(path), path.resolve().parent)
+

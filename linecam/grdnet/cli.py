@@ -1,0 +1,209 @@
+"""``linecam train | eval | predict``: the offline GRD-Net commands.
+
+Registration imports nothing heavy: torch and the model code load only when a handler runs, so the other
+subcommands of ``linecam`` start fast. Handlers return an exit code: 0 ok, 2 bad input (dataset, model
+directory, config), which is reported on stderr naming the file or field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+
+
+def register(subparsers: Any) -> None:
+    """Add the train, eval and predict subcommands."""
+    p = subparsers.add_parser("train", help="train a GRD-Net model on a dataset folder")
+    p.add_argument("--data", required=True, type=Path, help="dataset root (linecam layout or MVTec AD category)")
+    p.add_argument("--out", required=True, type=Path, help="model directory to write (model/<name>/<version>)")
+    p.add_argument("--profile", default="fast", help="model profile: fast | paper")
+    p.add_argument("--image-size", type=int, default=None, help="override the profile's input size")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--roi-variant", default="learned_silence",
+                   choices=["overlap", "intersection", "intersection_overlap", "negated_overlap", "learned_silence"])
+    p.add_argument("--resume", action="store_true", help="continue from <out>/training/checkpoint_last.pt")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="auto: bf16 autocast on CPU, fp16 AMP on CUDA")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rotation", type=float, default=None, help="max random rotation in radians (default pi/2)")
+    p.add_argument("--clean-share", type=float, default=None, help="share of samples without simulated anomaly")
+    p.add_argument("--val-fraction", type=float, default=None, help="share of train/good held out for the val loss")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    p.add_argument("--require-roi", action="store_true", help="fail if any training image has no ROI mask")
+    p.add_argument("--name", default="grdnet")
+    p.add_argument("--version", default="1")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    e = subparsers.add_parser("eval", help="evaluate a model directory; calibrate and store its threshold")
+    e.add_argument("--model", required=True, type=Path)
+    e.add_argument("--data", required=True, type=Path)
+    e.add_argument("--json", required=True, type=Path, help="metrics JSON to write")
+    e.add_argument("--report", type=Path, default=None, help="folder for ROC curves, worst cases and index.html")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    e.add_argument("--fixed-mask", type=Path, default=None,
+                   help="optional per-camera scoring mask (default: none, the ROI attention is learned)")
+    e.add_argument("--no-store", action="store_true", help="do not write threshold and metrics into card.json")
+    e.set_defaults(func=cmd_eval)
+
+    r = subparsers.add_parser("predict", help="score images with a model directory")
+    r.add_argument("--model", required=True, type=Path)
+    r.add_argument("--json", required=True, type=Path, help="results JSON to write")
+    r.add_argument("images", nargs="+", type=Path)
+    r.add_argument("--heatmaps", type=Path, default=None, help="folder for jet heatmap overlays")
+    r.add_argument("--roi", type=Path, default=None, help="optional fixed scoring mask (PNG, 0/255)")
+    r.add_argument("--threshold", type=float, default=None, help="override the card's calibrated threshold")
+    r.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    r.set_defaults(func=cmd_predict)
+
+
+def _err(msg: str) -> int:
+    print(f"linecam: error: {msg}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _precision(value: str, device: str) -> str:
+    if value != "auto":
+        return value
+    return "fp16" if device == "cuda" else "bf16"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import pydantic
+
+    from linecam.grdnet.datasets import DatasetError
+    from linecam.grdnet.train import TrainConfig, TrainError, run_training
+
+    fields: dict[str, Any] = {
+        "data": args.data, "out": args.out, "profile": args.profile, "epochs": args.epochs,
+        "batch_size": args.batch_size, "lr": args.lr, "roi_variant": args.roi_variant, "seed": args.seed,
+        "device": args.device, "precision": args.precision, "workers": args.workers,
+        "max_steps_per_epoch": args.max_steps_per_epoch, "require_roi": args.require_roi, "name": args.name,
+        "version": args.version, "progress": not args.no_progress,
+        "command": " ".join(shlex.quote(a) for a in ["linecam", *sys.argv[1:]]),
+    }
+    for key in ("rotation", "clean_share", "val_fraction"):
+        if getattr(args, key) is not None:
+            fields[key] = getattr(args, key)
+    if args.image_size is not None:
+        fields["profile_overrides"] = {"image_size": args.image_size}
+    try:
+        cfg = TrainConfig(**fields)
+        out = run_training(cfg, resume=args.resume)
+    except pydantic.ValidationError as exc:
+        return _err(f"invalid training option: {exc}")
+    except (DatasetError, TrainError, ValueError) as exc:
+        return _err(str(exc))
+    if out is not None:
+        print(f"model written to {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from linecam.grdnet.datasets import DatasetError, read_binary_mask, resize_mask
+    from linecam.grdnet.evaluate import evaluate_model, prepare_for_inference, summary_line, write_metrics_json
+    from linecam.grdnet.modeldir import ModelDirError, load_model_dir, write_card
+
+    precision = _precision(args.precision, args.device)
+    try:
+        model, card = load_model_dir(args.model)
+        size = card.profile.image_size
+        fixed = _load_fixed_mask(args.fixed_mask, size, read_binary_mask, resize_mask)
+        net = prepare_for_inference(model, args.device, precision)
+        metrics, preds = evaluate_model(net, args.data, size, batch_size=args.batch_size, device=args.device,
+                                        precision=precision, fixed_mask=fixed)
+    except (ModelDirError, DatasetError, ValueError) as exc:
+        return _err(str(exc))
+    metrics["model"] = {"name": card.name, "version": card.version, "path": str(args.model)}
+    metrics["precision"] = precision
+    write_metrics_json(args.json, metrics)
+    if args.report is not None:
+        from linecam.grdnet.report import write_report
+
+        model_cpu, _ = load_model_dir(args.model)
+        write_report(args.report, model_cpu, preds, metrics, size)
+    if not args.no_store:
+        keep = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+        keep["data"] = str(args.data)
+        write_card(args.model, card.model_copy(update={"threshold": metrics["threshold"], "metrics": keep}))
+    print(f"{summary_line(metrics)}  threshold={metrics['threshold']:.5f}")
+    return 0
+
+
+def _load_fixed_mask(path: Path | None, size: int, read_mask: Any, resize: Any) -> Any:
+    if path is None:
+        return None
+    import torch
+
+    m = resize(read_mask(path), size)
+    return torch.from_numpy(m).float()[None, None]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from linecam.grdnet.datasets import (
+        DatasetError,
+        image_to_tensor,
+        read_binary_mask,
+        read_rgb,
+        resize_mask,
+        resize_rgb,
+    )
+    from linecam.grdnet.evaluate import autocast_context, prepare_for_inference
+    from linecam.grdnet.modeldir import ModelDirError, load_model_dir
+    from linecam.grdnet.scoring import score_maps
+
+    precision = _precision(args.precision, args.device)
+    try:
+        model, card = load_model_dir(args.model)
+        size = card.profile.image_size
+        fixed = _load_fixed_mask(args.roi, size, read_binary_mask, resize_mask)
+        net = prepare_for_inference(model, args.device, precision)
+        threshold = args.threshold if args.threshold is not None else card.threshold
+        results = []
+        dev = torch.device(args.device)
+        for path in args.images:
+            rgb = resize_rgb(read_rgb(path), size)
+            x = image_to_tensor(rgb)[None].to(dev)
+            with torch.no_grad(), autocast_context(dev, precision):
+                prob = net(x)
+            score, smooth = score_maps(prob.float(), fixed.to(dev) if fixed is not None else None)
+            s = float(score[0])
+            decision = None if threshold is None else ("reject" if s >= threshold else "accept")
+            results.append({"path": str(path), "score": s, "threshold": threshold, "decision": decision})
+            if args.heatmaps is not None:
+                _write_heatmap(args.heatmaps / f"{path.stem}_heatmap.png", rgb, smooth[0, 0].cpu().numpy(), np)
+    except (ModelDirError, DatasetError, ValueError) as exc:
+        return _err(str(exc))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"model": {"name": card.name, "version": card.version}, "results": results}
+    args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    for r in results:
+        print(f"{r['path']}: score {r['score']:.5f} {r['decision'] or '(no threshold in card)'}")
+    return 0
+
+
+def _write_heatmap(path: Path, rgb: Any, smooth: Any, np: Any) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    norm = np.clip(smooth / max(float(smooth.max()), 1e-6), 0, 1)
+    jet = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    overlay = (0.55 * rgb[:, :, ::-1] + 0.45 * jet).astype(np.uint8)
+    if not cv2.imwrite(str(path), overlay):
+        raise ValueError(f"{path}: cannot write heatmap")

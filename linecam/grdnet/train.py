@@ -1,0 +1,592 @@
+"""GRD-Net trainer: adversarial generator + discriminative U-Net with ROI attention.
+
+One optimisation step (paper Fig. 3, DRAEM-style denoising):
+
+1. Perlin anomalies are blended into the clean (randomly rotated) good images -> ``x_aug`` and mask ``M``.
+2. Discriminator: BCE on real ``x`` vs ``G(x_aug).x_hat.detach()``.
+3. Generator: GANomaly loss (feature-matching adversarial + 50 x contextual vs the CLEAN ``x`` + encoder).
+4. U-Net: focal/ROI loss of ``sigmoid(unet(x_aug, x_hat.detach()))`` against ``M`` and the ROI.
+
+Why the shape of this module: everything a run needs to continue after an interruption (models, optimisers,
+schedulers, epoch, RNG) is in ``checkpoint_last.pt``; the same code runs single-process and under
+``torchrun`` (DDP, gloo on CPU / nccl on CUDA, only rank 0 writes); precision is bf16 autocast with
+channels_last on CPU (AMX makes it ~5x faster than fp32) and fp16 AMP on CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pydantic
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from linecam.grdnet.datasets import InspectionDataset, list_records, summarize
+from linecam.grdnet.losses import (
+    LossWeights,
+    discriminative_loss,
+    discriminator_loss,
+    generator_loss,
+)
+from linecam.grdnet.model import GeneratorOutput, GRDNet, build_discriminator, build_grdnet
+from linecam.grdnet.perlin import AnomalySimulator
+from linecam.grdnet.profiles import ModelProfile, get_profile
+
+RoiVariantName = Literal["overlap", "intersection", "intersection_overlap", "negated_overlap", "learned_silence"]
+CHECKPOINT_LAST = "checkpoint_last.pt"
+CHECKPOINT_BEST = "checkpoint_best.pt"
+TRAINING_SUBDIR = "training"
+PLOT_EVERY = 10
+PLATEAU_FACTOR = math.exp(-0.1)  # paper eq. 7: LR_k = LR_{k-1} * e^{-alpha}, alpha = 0.1
+
+
+class TrainError(RuntimeError):
+    """A training run cannot start or continue (bad config, missing checkpoint, mismatching resume)."""
+
+
+class TrainConfig(pydantic.BaseModel, extra="forbid"):
+    """Everything that defines a training run; stored in every checkpoint and in the model card."""
+
+    data: Path
+    out: Path
+    profile: str = "fast"
+    profile_overrides: dict[str, Any] = pydantic.Field(default_factory=dict)
+    epochs: int = pydantic.Field(default=50, ge=1)
+    batch_size: int = pydantic.Field(default=8, ge=1)
+    lr: float = pydantic.Field(default=1e-4, gt=0)
+    unet_lr: float | None = None
+    roi_variant: RoiVariantName = "learned_silence"
+    focal_gamma: float = pydantic.Field(default=2.0, ge=0)
+    seed: int = 0
+    clean_share: float = pydantic.Field(default=0.5, ge=0, le=1)
+    rotation: float = pydantic.Field(default=math.pi / 2, ge=0, le=math.pi)
+    """Max absolute random rotation in radians (paper 4.1: pi/2); 0 disables it."""
+    val_fraction: float = pydantic.Field(default=0.1, gt=0, lt=1)
+    device: Literal["cpu", "cuda"] = "cpu"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    workers: int = pydantic.Field(default=0, ge=0)
+    max_steps_per_epoch: int | None = pydantic.Field(default=None, ge=1)
+    require_roi: bool = False
+    name: str = "grdnet"
+    version: str = "1"
+    command: str = ""
+    progress: bool = True
+
+    @pydantic.field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        get_profile(value)
+        return value
+
+    def model_profile(self) -> ModelProfile:
+        return get_profile(self.profile, **self.profile_overrides)
+
+    def resolved_precision(self) -> str:
+        if self.precision != "auto":
+            return self.precision
+        return "fp16" if self.device == "cuda" else "bf16"
+
+
+# --------------------------------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        torch.cuda.set_device(local)
+    return DistInfo(rank, world, local)
+
+
+def _all_mean(value: float, info: DistInfo, device: torch.device) -> float:
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / info.world
+
+
+def _sync_buffers(modules: list[nn.Module], info: DistInfo) -> None:
+    """Broadcast BatchNorm statistics from rank 0 so every rank ends an epoch with the same model."""
+    if not info.enabled:
+        return
+    for m in modules:
+        for b in m.buffers():
+            dist.broadcast(b, 0)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def random_rotate(x: Tensor, roi: Tensor, max_angle: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Rotate image and ROI together by one random angle per sample in [-max_angle, max_angle] (paper 4.1).
+
+    Images use reflection padding (no black corners that would look like a new kind of normal); the ROI uses
+    zeros, so rotated-in corners are outside the region of interest.
+    """
+    if max_angle <= 0:
+        return x, roi
+    n = x.shape[0]
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * max_angle
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    theta = theta.to(x.device, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    xr = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    rr = F.grid_sample(roi, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return xr.clamp_(0, 1), rr
+
+
+def split_train_val(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Fixed held-out split of the good training images (seeded, so a resumed run gets the same one)."""
+    if n < 2:
+        raise TrainError(f"need at least 2 training images to hold some out for validation, got {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = min(max(1, int(round(fraction * n))), n - 1)
+    return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % (2**63 - 1)
+
+
+def _stack(ds: InspectionDataset, indices: list[int]) -> tuple[Tensor, Tensor]:
+    items = [ds[i] for i in indices]
+    return torch.stack([it["image"] for it in items]), torch.stack([it["roi"] for it in items])
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------- trainer
+@dataclass
+class Batch:
+    x: Tensor  # clean rotated images
+    x_aug: Tensor  # with simulated anomalies
+    mask: Tensor  # anomaly mask of the simulation
+    roi: Tensor
+
+
+class Trainer:
+    """Owns the three networks, their optimisers and schedulers, and the training loop."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo | None = None) -> None:
+        self.cfg = cfg
+        self.info = info or DistInfo()
+        self.precision = cfg.resolved_precision()
+        if cfg.device == "cuda":
+            if not torch.cuda.is_available():
+                raise TrainError("device 'cuda' requested but CUDA is not available")
+            self.device = torch.device("cuda", self.info.local_rank)
+        else:
+            self.device = torch.device("cpu")
+        if self.precision == "fp16" and self.device.type != "cuda":
+            raise TrainError("precision fp16 needs CUDA; use bf16 or fp32 on CPU")
+        self.profile = cfg.model_profile()
+        self.train_dir = cfg.out / TRAINING_SUBDIR
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
+        self.model: GRDNet = build_grdnet(self.profile).to(self.device)
+        self.disc = build_discriminator(self.profile).to(self.device)
+        self.channels_last = self.device.type == "cpu" and self.precision == "bf16"
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            self.disc.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.simulator = AnomalySimulator(clean_share=cfg.clean_share)
+        self.weights = LossWeights()
+        unet_lr = cfg.unet_lr if cfg.unet_lr is not None else cfg.lr
+        self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+        self.opt_u = torch.optim.Adam(self.model.unet.parameters(), lr=unet_lr)
+        self.optimizers = {"generator": self.opt_g, "discriminator": self.opt_d, "unet": self.opt_u}
+        self.schedulers = {
+            k: torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="min", factor=PLATEAU_FACTOR, patience=3)
+            for k, o in self.optimizers.items()
+        }
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.g: nn.Module = self.model.generator
+        self.u: nn.Module = self.model.unet
+        self.d: nn.Module = self.disc
+        if self.info.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            ddp = nn.parallel.DistributedDataParallel
+            self.g = ddp(self.model.generator, device_ids=ids)
+            self.u = ddp(self.model.unet, device_ids=ids)
+            self.d = ddp(self.disc, device_ids=ids)
+        self.start_epoch = 0
+        self.best_val = math.inf
+        self.history: list[dict[str, float]] = []
+        self._prepare_data()
+
+    # ----------------------------------------------------------------------------------------- data
+    def _prepare_data(self) -> None:
+        cfg = self.cfg
+        records = [r for r in list_records(cfg.data, "train", require_roi=cfg.require_roi) if r.label == 0]
+        if not records:
+            raise TrainError(f"{cfg.data}: the train split has no good images")
+        train_idx, val_idx = split_train_val(len(records), cfg.val_fraction, cfg.seed)
+        self.train_records = [records[i] for i in train_idx]
+        self.val_records = [records[i] for i in val_idx]
+        self.train_ds = InspectionDataset(self.train_records, self.profile.image_size, cache=True)
+        self.train_ds.preload()  # a bad file fails now, not after an hour
+        val_ds = InspectionDataset(self.val_records, self.profile.image_size)
+        x, roi = _stack(val_ds, list(range(len(val_ds))))
+        gen = torch.Generator().manual_seed(cfg.seed + 12345)
+        x_aug, mask = self._simulate(x, gen)  # FIXED noise, cached once: comparable val loss across epochs
+        self.val_batch = Batch(x, x_aug, mask, roi)
+
+    def _simulate(self, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Perlin anomalies on a CPU batch; a ``clean_share`` of samples keeps no anomaly (target all zero)."""
+        return self.simulator(x, gen)
+
+    def _loader(self, epoch: int) -> DataLoader[dict[str, Any]]:
+        cfg = self.cfg
+        sampler: Any
+        if self.info.enabled:
+            sampler = DistributedSampler(self.train_ds, num_replicas=self.info.world, rank=self.info.rank,
+                                         shuffle=True, seed=cfg.seed, drop_last=True)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(self.train_ds, generator=torch.Generator().manual_seed(
+                _epoch_seed(cfg.seed, epoch, 0)))
+        per_rank = len(self.train_ds) // self.info.world
+        drop_last = per_rank >= cfg.batch_size
+        return DataLoader(self.train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                          drop_last=drop_last, persistent_workers=False)
+
+    def _to_device(self, t: Tensor) -> Tensor:
+        t = t.to(self.device, non_blocking=True)
+        if self.channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    # ----------------------------------------------------------------------------------------- step
+    def train_step(self, x: Tensor, roi: Tensor, gen: torch.Generator) -> dict[str, float]:
+        """One D, G and U-Net update; returns the losses as floats."""
+        x, roi = random_rotate(x, roi, self.cfg.rotation, gen)
+        x_aug, mask = self._simulate(x, gen)
+        x, x_aug, mask, roi = (self._to_device(t) for t in (x, x_aug, mask, roi))
+        ac = autocast_for(self.device, self.precision)
+        with ac:
+            out = self.g(x_aug)
+        x_hat = out.x_hat.float()
+
+        # Discriminator: real vs reconstructed.
+        self.opt_d.zero_grad(set_to_none=True)
+        with ac:
+            logit_real, _ = self.d(x)
+            logit_fake, _ = self.d(x_hat.detach())
+        loss_d = discriminator_loss(logit_real.float(), logit_fake.float())
+        self.scaler.scale(loss_d).backward()
+        self.scaler.step(self.opt_d)
+
+        # Generator: D frozen (no grads into D, so DDP's D reducer is not involved).
+        self.opt_g.zero_grad(set_to_none=True)
+        d_raw = _unwrap(self.d)
+        d_raw.requires_grad_(False)
+        try:
+            with ac:
+                _, feat_real = d_raw(x)
+                _, feat_fake = d_raw(out.x_hat)
+            g_out = GeneratorOutput(x_hat, out.z.float(), out.z_hat.float())
+            loss_g, parts = generator_loss(x, g_out, feat_real.float().detach(), feat_fake.float(), self.weights)
+        finally:
+            d_raw.requires_grad_(True)
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.opt_g)
+
+        # Discriminative U-Net on the augmented input and the (detached) reconstruction.
+        self.opt_u.zero_grad(set_to_none=True)
+        with ac:
+            logits = self.u(x_aug, x_hat.detach().to(x_aug.dtype))
+        prob = torch.sigmoid(logits.float())
+        loss_u = discriminative_loss(prob, mask, roi, self.cfg.roi_variant, gamma=self.cfg.focal_gamma)
+        self.scaler.scale(loss_u).backward()
+        self.scaler.step(self.opt_u)
+        self.scaler.update()
+
+        losses = {"d": float(loss_d.detach()), "g": float(loss_g.detach()), "u": float(loss_u.detach())}
+        losses.update({f"g_{k}": v for k, v in parts.items()})
+        return losses
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Loss on the held-out good images with fixed noise: drives the LR schedule and the best checkpoint.
+
+        Excludes the adversarial term (it measures the discriminator as much as the generator).
+        """
+        self.model.eval()
+        self.disc.eval()
+        vb = self.val_batch
+        sums: dict[str, float] = {}
+        n = vb.x.shape[0]
+        bs = max(1, self.cfg.batch_size)
+        for s in range(0, n, bs):
+            x, x_aug, mask, roi = (self._to_device(t[s:s + bs]) for t in (vb.x, vb.x_aug, vb.mask, vb.roi))
+            with autocast_for(self.device, self.precision):
+                out = self.model.generator(x_aug)
+                _, feat_real = self.disc(x)
+                _, feat_fake = self.disc(out.x_hat)
+                logits = self.model.unet(x_aug, out.x_hat)
+            g_out = GeneratorOutput(out.x_hat.float(), out.z.float(), out.z_hat.float())
+            _, parts = generator_loss(x.float(), g_out, feat_real.float(), feat_fake.float(), self.weights)
+            u = discriminative_loss(torch.sigmoid(logits.float()), mask, roi, self.cfg.roi_variant,
+                                    gamma=self.cfg.focal_gamma)
+            vals = {f"g_{k}": v for k, v in parts.items()}
+            vals["u"] = float(u)
+            for k, v in vals.items():
+                sums[k] = sums.get(k, 0.0) + v * x.shape[0]
+        self.model.train()
+        self.disc.train()
+        res = {f"val_{k}": v / n for k, v in sums.items()}
+        w = self.weights
+        res["val_loss"] = w.w2 * res["val_g_con"] + w.w3 * res["val_g_enc"] + res["val_u"]
+        return res
+
+    # ----------------------------------------------------------------------------------------- loop
+    def fit(self) -> dict[str, Any]:
+        """Train from ``start_epoch`` to ``cfg.epochs``; returns the last epoch's record."""
+        cfg = self.cfg
+        if self.info.is_main:
+            self.train_dir.mkdir(parents=True, exist_ok=True)
+        self.model.train()
+        self.disc.train()
+        record: dict[str, Any] = {}
+        for epoch in range(self.start_epoch, cfg.epochs):
+            gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, self.info.rank))
+            loader = self._loader(epoch)
+            n_steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
+            sums: dict[str, float] = {}
+            seen = 0
+            t0 = time.perf_counter()
+            bar = self._progress(n_steps, epoch)
+            for step, batch in enumerate(loader):
+                if step >= n_steps:
+                    break
+                losses = self.train_step(batch["image"], batch["roi"], gen)
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                seen += int(batch["image"].shape[0]) * self.info.world
+                if bar is not None:
+                    ips = seen / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(d=f"{losses['d']:.3f}", g=f"{losses['g']:.3f}", u=f"{losses['u']:.4f}",
+                                    img_s=f"{ips:.1f}")
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+            elapsed = time.perf_counter() - t0
+            _sync_buffers([self.model, self.disc], self.info)
+            steps = max(1, min(n_steps, len(loader)))
+            record = {"epoch": epoch + 1, **{f"train_{k}": v / steps for k, v in sums.items()}}
+            record.update(self.validate())
+            record["val_loss"] = _all_mean(record["val_loss"], self.info, self.device)
+            record["images_per_s"] = seen / max(elapsed, 1e-9)
+            record["lr"] = self.opt_g.param_groups[0]["lr"]
+            for sched in self.schedulers.values():
+                sched.step(record["val_loss"])
+            self.history.append(record)
+            improved = record["val_loss"] < self.best_val
+            if improved:
+                self.best_val = record["val_loss"]
+            if self.info.is_main:
+                self._save_checkpoint(epoch + 1, best=improved)
+                # Plotting costs ~1 s: every PLOT_EVERY epochs and at the end, the JSON history every epoch.
+                self._write_history(plot=(epoch + 1) % PLOT_EVERY == 0 or epoch + 1 == cfg.epochs)
+        return record
+
+    def _progress(self, total: int, epoch: int) -> Any:
+        if not (self.cfg.progress and self.info.is_main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", file=sys.stderr, leave=True)
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "format": "linecam-grdnet-checkpoint",
+            "epoch": epoch,
+            "config": json.loads(self.cfg.model_dump_json()),
+            "profile": self.profile.model_dump(),
+            "model": self.model.state_dict(),
+            "discriminator": self.disc.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "scaler": self.scaler.state_dict(),
+            "best_val": self.best_val,
+            "history": self.history,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    def _save_checkpoint(self, epoch: int, *, best: bool) -> None:
+        st = self.state(epoch)
+        _atomic_save(st, self.train_dir / CHECKPOINT_LAST)
+        if best:
+            _atomic_save({"epoch": epoch, "val_loss": self.best_val, "profile": st["profile"],
+                          "model": st["model"]}, self.train_dir / CHECKPOINT_BEST)
+
+    def resume(self) -> int:
+        """Continue from ``checkpoint_last.pt``: restores models, optimisers, schedulers, history and RNG."""
+        path = self.train_dir / CHECKPOINT_LAST
+        if not path.is_file():
+            raise TrainError(f"{path}: no checkpoint to resume from")
+        st = torch.load(path, map_location=self.device, weights_only=False)
+        if st.get("format") != "linecam-grdnet-checkpoint":
+            raise TrainError(f"{path}: not a linecam GRD-Net checkpoint")
+        if st["profile"] != self.profile.model_dump():
+            raise TrainError(f"{path}: checkpoint profile differs from the requested one; use the same --profile")
+        self.model.load_state_dict(st["model"])
+        self.disc.load_state_dict(st["discriminator"])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(st["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(st["schedulers"][k])
+        self.scaler.load_state_dict(st["scaler"])
+        self.best_val = float(st["best_val"])
+        self.history = list(st["history"])
+        torch.set_rng_state(st["rng"]["torch"])
+        np.random.set_state(st["rng"]["numpy"])
+        random.setstate(st["rng"]["python"])
+        self.start_epoch = int(st["epoch"])
+        return self.start_epoch
+
+    def _write_history(self, plot: bool) -> None:
+        (self.train_dir / "history.json").write_text(json.dumps(self.history, indent=1), encoding="utf-8")
+        if plot:
+            plot_loss_curves(self.history, self.train_dir / "loss_curves.png")
+
+    # ----------------------------------------------------------------------------------------- export
+    def best_model(self) -> GRDNet:
+        """The GRDNet with the best validation weights (the last ones if no epoch improved)."""
+        model = build_grdnet(self.profile)
+        best = self.train_dir / CHECKPOINT_BEST
+        state = torch.load(best, map_location="cpu", weights_only=False)["model"] if best.is_file() else \
+            {k: v.cpu() for k, v in self.model.state_dict().items()}
+        model.load_state_dict(state)
+        return model.eval()
+
+    def data_summary(self) -> dict[str, Any]:
+        return {
+            "data": str(self.cfg.data),
+            "train": summarize(self.train_records),
+            "held_out_val": summarize(self.val_records),
+        }
+
+
+def plot_loss_curves(history: list[dict[str, float]], path: Path) -> None:
+    """Training and validation losses per epoch as a PNG (one panel per loss family)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    epochs = [h["epoch"] for h in history]
+    keys = sorted({k for h in history for k in h if k.startswith(("train_", "val_"))})
+    families = sorted({k.split("_", 1)[1] for k in keys})
+    cols = 3
+    rows = max(1, math.ceil(len(families) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, fam in zip(axes.ravel(), families, strict=False):
+        for prefix in ("train_", "val_"):
+            k = prefix + fam
+            if any(k in h for h in history):
+                ax.plot(epochs, [h.get(k, float("nan")) for h in history], marker="o", label=prefix[:-1])
+        ax.set_title(fam)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    for ax in axes.ravel()[len(families):]:
+        ax.axis("off")
+    fig.subplots_adjust(hspace=0.45, wspace=0.3)
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path | None:
+    """Train (or resume) and write the model directory to ``cfg.out``; returns it on rank 0, None elsewhere."""
+    from linecam.grdnet.modeldir import ModelCard, save_model_dir
+
+    info = init_distributed(cfg.device)
+    trainer = Trainer(cfg, info)
+    if resume:
+        trainer.resume()
+    last = trainer.fit() if trainer.start_epoch < cfg.epochs else (trainer.history[-1] if trainer.history else {})
+    if info.enabled:
+        dist.barrier()
+        dist.destroy_process_group()
+    if not info.is_main:
+        return None
+    model = trainer.best_model()
+    val = {k: v for k, v in last.items() if k.startswith("val_")}
+    val["best_val_loss"] = trainer.best_val
+    training = {
+        **trainer.data_summary(),
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "world_size": info.world,
+        "precision": trainer.precision,
+        "seed": cfg.seed,
+        "rotation": cfg.rotation,
+        "clean_share": cfg.clean_share,
+        "val_fraction": cfg.val_fraction,
+        "images_per_s": last.get("images_per_s"),
+        "val_metrics": val,
+    }
+    size = trainer.profile.image_size
+    card = ModelCard(name=cfg.name, version=cfg.version, profile=trainer.profile, input_size=(size, size),
+                     channels=trainer.profile.in_channels, roi_variant=cfg.roi_variant, threshold=None,
+                     metrics={}, training=training, command=cfg.command or " ".join(sys.argv))
+    save_model_dir(cfg.out, model, card)
+    return cfg.out
+
+
+def iter_batches(ds: InspectionDataset, batch_size: int) -> Iterator[dict[str, Any]]:
+    """Plain sequential batches (used by benches and tests)."""
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
+    yield from loader

@@ -1,0 +1,91 @@
+"""Subcommands ``acquire``, ``run`` and ``keygen``: thin argument parsing over the runtime modules.
+
+Imports are deferred into the handlers so ``linecam --help`` and the other subcommands stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _load(path: str) -> Any:
+    from linecam.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _acquire(args: argparse.Namespace) -> int:
+    from linecam.config import ConfigError
+    from linecam.runtime.acquire import main
+
+    config = _load(args.config)
+    if config is None:
+        return 2
+    try:
+        config.camera(args.camera)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return main(config, args.camera, Path(args.stats) if args.stats else None)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from linecam.config import ConfigError
+    from linecam.runtime.supervisor import main
+
+    try:
+        return main(args.config, args.duration, args.rejects, keep_runtime=args.keep_runtime,
+                    watchdog_s=args.watchdog, grace_s=args.grace, summary_path=args.summary)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from linecam.runtime.keys import generate_keys
+
+    try:
+        paths = generate_keys(Path(args.out), force=args.force)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("transport:\n  curve:")
+    for field, path in paths.items():
+        print(f"    {field}: {path.resolve()}")
+    print("# the worker host needs server_secret + client_public; each acquire/gate host needs server_public + "
+          "client_secret (see docs).", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``acquire``, ``run`` and ``keygen`` to the ``linecam`` command."""
+    p = subparsers.add_parser("acquire", help="run acquire for one camera (one process per camera)")
+    p.add_argument("--config", required=True, help="line config YAML")
+    p.add_argument("--camera", required=True, help="camera name from the config")
+    p.add_argument("--stats", default=None, help="write frame counters as JSON here on exit")
+    p.set_defaults(func=_acquire)
+
+    p = subparsers.add_parser("run", help="start the whole line (gate, infer, acquire per camera) as children")
+    p.add_argument("--config", required=True, help="line config YAML, e.g. config/demo.yaml")
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)")
+    p.add_argument("--rejects", default=None, help="save reject images with heatmap overlays into DIR")
+    p.add_argument("--summary", default=None, help="also write the final summary as JSON to FILE")
+    p.add_argument("--keep-runtime", action="store_true", help="keep the temporary runtime dir (logs, sockets)")
+    p.add_argument("--watchdog", type=float, default=30.0, help="declare a child hung after S s without a ping")
+    p.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL on shutdown")
+    p.set_defaults(func=_run)
+
+    p = subparsers.add_parser("keygen", help="write CURVE key pairs for tcp endpoints (remote worker)")
+    p.add_argument("--out", required=True, help="folder for server.key(_secret) and client.key(_secret)")
+    p.add_argument("--force", action="store_true", help="overwrite existing key files")
+    p.set_defaults(func=_keygen)

@@ -1,0 +1,420 @@
+"""The inference worker: frames in, exactly one verdict out per frame, whatever the frame or the backend does.
+
+Why this shape: the worker batches across cameras (up to ``max_batch`` frames, waiting at most
+``max_wait_ms`` after the first) and runs each model ONCE per batch on all region crops of all frames, which
+is what makes a small CPU or one GPU keep up with several cameras. Every failure is turned into a verdict
+instead of an exception: a frame that cannot be decoded or does not fit its regions gets ``bad_frame``, a
+backend that throws (or returns a non-finite score) gets ``error`` (reject) for the frames of that batch,
+and the loop serves the next batch. Reject images are saved by a background writer, never on the hot path.
+
+:meth:`InferWorker.process_batch` is the socket-free core (tests feed it messages directly);
+:meth:`InferWorker.run` adds the frames socket, batching, the verdict socket, metrics and sd_notify.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import zmq
+
+from linecam.backends.base import Detector, create_detector
+from linecam.config import ConfigError, LineConfig
+from linecam.runtime import sdnotify
+from linecam.runtime.messages import (
+    BadFrame,
+    FrameHeader,
+    Verdict,
+    decode_frame,
+    encode_event,
+    encode_frame,
+    now_ns,
+)
+from linecam.runtime.metrics import LineMetrics, start_metrics_server
+from linecam.runtime.regions import RegionConfig, crop, load_mask
+from linecam.runtime.rejects import RejectImage, RejectWriter
+from linecam.runtime.transport import event_push, frame_pull_bind, stop_authenticators
+
+log = logging.getLogger(__name__)
+
+__all__ = ["InferWorker", "card_threshold", "load_detectors", "main", "to_rgb8"]
+
+
+def card_threshold(model_dir: Path) -> float | None:
+    """The calibrated threshold in ``<model_dir>/card.json``, or None when the card has none."""
+    path = Path(model_dir) / "card.json"
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read the model card ({exc})") from None
+    value = card.get("threshold") if isinstance(card, dict) else None
+    return float(value) if value is not None else None
+
+
+def load_detectors(cfg: LineConfig, factory: Callable[..., Detector] = create_detector) -> dict[str, Detector]:
+    """Open every model the cameras' regions use, with the configured backend and thread count."""
+    used = sorted({r.model for cam in cfg.cameras for r in cam.region_list()})
+    return {name: factory(cfg.models[name].path, backend=cfg.infer.backend, threads=cfg.infer.threads)
+            for name in used}
+
+
+def to_rgb8(image: np.ndarray, pixel_format: str) -> np.ndarray:
+    """Any accepted camera frame -> (H, W, 3) uint8 RGB, the one layout the models and overlays use."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if pixel_format in ("Mono8", "Mono16"):
+        return np.repeat(image, 3, axis=2)
+    if pixel_format == "RGB8":
+        return image
+    if pixel_format == "BGR8":
+        return image[:, :, ::-1]
+    if pixel_format == "RGBa8":
+        return image[:, :, :3]
+    if pixel_format == "BGRa8":
+        return image[:, :, 2::-1]
+    raise ValueError(f"pixel_format {pixel_format!r} is not supported by the worker")
+
+
+@dataclass
+class _Region:
+    config: RegionConfig
+    threshold: float
+    mask: np.ndarray | None  # uint8 (h, w), 0 = ignore
+
+
+@dataclass
+class _Item:
+    """One received frame on its way to a verdict."""
+
+    camera: str
+    seq: int
+    slot: int
+    received_ns: int
+    header: FrameHeader | None = None
+    rgb: np.ndarray | None = None
+    reason: str = ""  # "" while inspectable; "bad_frame" / "error" once failed
+    detail: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    models: set[str] = field(default_factory=set)
+
+
+class InferWorker:
+    """Pulls frames, batches them, runs the detectors, pushes verdicts to the gate."""
+
+    def __init__(
+        self,
+        cfg: LineConfig,
+        detectors: Mapping[str, Detector] | None = None,
+        metrics: LineMetrics | None = None,
+        metrics_port: int | None = None,
+        ctx: zmq.Context[Any] | None = None,
+        bind: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        if bind:  # config errors (no runtime dir) before models load and servers start
+            self.frames_endpoint = cfg.frames_endpoint()
+            cfg.events_endpoint()
+        self.metrics = metrics or LineMetrics(deadline_s=cfg.gate.deadline_ms / 1000.0)
+        self.detectors: dict[str, Detector] = dict(detectors) if detectors is not None else load_detectors(cfg)
+        self.regions = self._resolve_regions()
+        self._deadline_ns = int(cfg.gate.deadline_ms * 1e6)
+        self.rejects: RejectWriter | None = None
+        if cfg.infer.warmup:
+            self.warm_up()
+        versions = sorted({d.model_version for d in self.detectors.values()})
+        backends = sorted({d.backend for d in self.detectors.values()})
+        self.model_version = ",".join(versions)
+        self.metrics.set_model(self.model_version, ",".join(backends))
+        port = cfg.infer.metrics_port if metrics_port is None else metrics_port
+        self.metrics_port = start_metrics_server(self.metrics, port) if port >= 0 else -1
+        if cfg.infer.reject_dir is not None and cfg.infer.save_rejects:
+            self.rejects = RejectWriter(cfg.infer.reject_dir, cfg.infer.reject_queue, self.metrics)
+        self._stop = threading.Event()
+        self.watchdog = sdnotify.Watchdog()
+        self.verdicts_sent = 0
+        self.verdicts_dropped = 0
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self.frames_sock: zmq.Socket[Any] | None = None
+        self.events_sock: zmq.Socket[Any] | None = None
+        if bind:
+            self.frames_sock = frame_pull_bind(self.ctx, self.frames_endpoint, cfg.transport)
+            self.events_sock = event_push(self.ctx, cfg.events_endpoint(), cfg.transport)
+            log.info("infer: frames on %s, verdicts to %s, models %s", self.frames_endpoint,
+                     cfg.events_endpoint(), self.model_version)
+
+    def _resolve_regions(self) -> dict[str, list[_Region]]:
+        card_cache: dict[str, float | None] = {}
+        out: dict[str, list[_Region]] = {}
+        for cam in self.cfg.cameras:
+            regions = []
+            for region in cam.region_list():
+                if region.model not in self.detectors:
+                    raise ConfigError(f"camera {cam.name} region {region.name}: no detector for model "
+                                      f"{region.model!r}")
+                threshold = region.threshold
+                if threshold is None:
+                    if region.model not in card_cache:
+                        card_cache[region.model] = card_threshold(self.cfg.models[region.model].path)
+                    threshold = card_cache[region.model]
+                if threshold is None:
+                    raise ConfigError(f"camera {cam.name} region {region.name}: threshold is null and the card of "
+                                      f"model {region.model!r} has no calibrated threshold")
+                mask = load_mask(region.mask) if region.mask is not None else None
+                regions.append(_Region(region, float(threshold), mask))
+            out[cam.name] = regions
+        return out
+
+    def warm_up(self) -> None:
+        """Run full batches of blank frames (each camera's configured size) through the whole path, twice.
+
+        Backends compile per input shape on first use (seconds on a CPU); doing it here, before READY, keeps
+        those seconds off the first live products. Uses throw-away metrics so the counters stay honest.
+        """
+        frames = []
+        for cam in self.cfg.cameras:
+            width = getattr(cam.source, "width", None)
+            height = getattr(cam.source, "height", None)
+            if width is None or height is None:
+                continue  # size known only from the first real frame
+            image = np.zeros((height, width, 3), np.uint8)
+            header = FrameHeader(camera=cam.name, seq=0, slot=0, t_capture_ns=now_ns() + 3_600_000_000_000,
+                                 shape=image.shape, dtype="uint8", pixel_format="RGB8")  # never stale
+            frames.append(encode_frame(header, image))
+        if not frames:
+            return
+        live_metrics, self.metrics = self.metrics, LineMetrics(self.metrics.deadline_s)
+        try:
+            t0 = time.monotonic()
+            sizes = sorted({1, self.cfg.infer.max_batch})
+            for n in sizes:
+                batch = [(frames[i % len(frames)], now_ns()) for i in range(n)]
+                for _ in range(2):
+                    failed = [v.detail for v in self.process_batch(batch) if v.reason not in ("ok", "anomaly")]
+                    if failed:
+                        log.warning("warm-up batch of %d failed: %s", n, failed[0])
+                        return
+            log.info("warm-up done in %.1f s (batch sizes %s)", time.monotonic() - t0, sizes)
+        finally:
+            self.metrics = live_metrics
+
+    # -- the core --------------------------------------------------------------------------------------
+    def _decode(self, parts: Sequence[Any], received_ns: int) -> _Item:
+        try:
+            header, image = decode_frame(parts)
+        except BadFrame as exc:
+            self.metrics.frames.labels(camera=exc.camera).inc()
+            return _Item(exc.camera, exc.seq, exc.slot, received_ns, reason="bad_frame", detail=exc.reason)
+        item = _Item(header.camera, header.seq, header.slot, received_ns, header=header)
+        self.metrics.frames.labels(camera=header.camera).inc()
+        if header.t_sent_ns:
+            self.metrics.stage_latency.labels(stage="transport").observe(max(0, received_ns - header.t_sent_ns) / 1e9)
+        regions = self.regions.get(header.camera)
+        if regions is None:
+            item.reason, item.detail = "bad_frame", f"camera {header.camera!r} is not in the line config"
+            return item
+        try:
+            item.rgb = to_rgb8(image, header.pixel_format)
+            for region in regions:
+                crop(item.rgb, region.config)  # checks the box fits this frame
+        except ValueError as exc:
+            item.reason, item.detail = "bad_frame", str(exc)
+        return item
+
+    def _run_model(self, model: str, entries: list[tuple[_Item, _Region, np.ndarray]], want_maps: bool) -> None:
+        detector = self.detectors[model]
+        shapes = {c.shape for _, _, c in entries}
+        if len(shapes) == 1:
+            stack = np.stack([c for _, _, c in entries])
+        else:  # regions of different sizes share the model: bring them to its input size here
+            h, w = detector.input_size
+            stack = np.stack([cv2.resize(np.ascontiguousarray(c), (w, h), interpolation=cv2.INTER_AREA)
+                              for _, _, c in entries])
+        masks = None
+        if any(r.mask is not None for _, r, _ in entries):
+            h, w = detector.input_size
+            masks = np.stack([
+                cv2.resize(r.mask, (w, h), interpolation=cv2.INTER_NEAREST) if r.mask is not None
+                else np.full((h, w), 255, np.uint8)
+                for _, r, _ in entries
+            ])
+        try:
+            detection = detector.detect(stack, masks=masks, return_maps=want_maps)
+            scores = np.asarray(detection.scores, dtype=np.float64).reshape(-1)
+            if scores.shape[0] != len(entries):
+                raise RuntimeError(f"detector returned {scores.shape[0]} scores for {len(entries)} crops")
+        except Exception as exc:
+            log.exception("model %s failed on a batch of %d crops", model, len(entries))
+            for item, region, _ in entries:
+                if not item.reason:
+                    item.reason = "error"
+                    item.detail = f"model {model} region {region.config.name}: {type(exc).__name__}: {exc}"
+            return
+        for i, (item, region, _) in enumerate(entries):
+            value = float(scores[i])
+            item.scores[region.config.name] = value
+            item.models.add(model)
+            if not math.isfinite(value):
+                if not item.reason:
+                    item.reason, item.detail = "error", f"region {region.config.name}: non-finite score {value}"
+                continue
+            self.metrics.anomaly_score.observe(value)
+            if detection.maps is not None:
+                item.maps[region.config.name] = np.asarray(detection.maps[i])
+
+    def process_batch(self, messages: Sequence[tuple[Sequence[Any], int]]) -> list[Verdict]:
+        """One verdict per message, in order. ``messages``: (multipart frame, received wall-clock ns)."""
+        items = [self._decode(parts, received_ns) for parts, received_ns in messages]
+        batch_start = now_ns()
+        for item in items:  # load shedding: the gate has already rejected these; do not spend compute
+            stale = item.header is not None and item.header.t_capture_ns + self._deadline_ns < batch_start
+            if stale and not item.reason:
+                item.reason = "timeout"
+                item.detail = "stale: capture + deadline passed before inference"
+        for item in items:
+            self.metrics.stage_latency.labels(stage="queue").observe(max(0, batch_start - item.received_ns) / 1e9)
+        self.metrics.queue_depth.labels(queue="infer_batch").set(len(items))
+        groups: dict[str, list[tuple[_Item, _Region, np.ndarray]]] = {}
+        for item in items:
+            if item.reason or item.rgb is None:
+                continue
+            for region in self.regions[item.camera]:
+                groups.setdefault(region.config.model, []).append((item, region, crop(item.rgb, region.config)))
+        want_maps = self.rejects is not None
+        for model, entries in groups.items():
+            self._run_model(model, entries, want_maps)
+        infer_done = now_ns()
+        if groups:
+            self.metrics.stage_latency.labels(stage="infer").observe((infer_done - batch_start) / 1e9)
+        return [self._verdict(item, batch_start, infer_done) for item in items]
+
+    def _verdict(self, item: _Item, batch_start: int, infer_done: int) -> Verdict:
+        regions = self.regions.get(item.camera, [])
+        thresholds = {r.config.name: r.threshold for r in regions}
+        if item.reason:
+            decision, reason = "reject", item.reason
+        elif any(item.scores[r.config.name] > r.threshold for r in regions):
+            decision, reason = "reject", "anomaly"
+        else:
+            decision, reason = "accept", "ok"
+        timestamps = {"received": item.received_ns, "batch_start": batch_start, "infer_done": infer_done}
+        if item.header is not None:
+            timestamps["capture"] = item.header.t_capture_ns
+            if item.header.t_sent_ns:
+                timestamps["acquire_sent"] = item.header.t_sent_ns
+        versions = sorted({self.detectors[m].model_version for m in item.models})
+        verdict = Verdict(
+            camera=item.camera, seq=item.seq, slot=item.slot, decision=decision, reason=reason,  # type: ignore[arg-type]
+            scores=item.scores, thresholds=thresholds if item.header is not None else {},
+            model_version=",".join(versions) or self.model_version, timestamps=timestamps, detail=item.detail,
+        )
+        if decision == "reject" and self.rejects is not None and item.rgb is not None:
+            boxes = {}
+            for r in regions:
+                h, w = item.rgb.shape[:2]
+                boxes[r.config.name] = (r.config.box or (0, 0, w, h), item.maps.get(r.config.name))
+            self.rejects.submit(RejectImage(item.camera, item.seq, item.slot, reason, np.array(item.rgb), boxes,
+                                            dict(item.scores)))
+        return verdict
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _send(self, verdict: Verdict) -> None:
+        assert self.events_sock is not None
+        stamped = verdict.model_copy(update={"timestamps": {**verdict.timestamps, "sent": now_ns()}})
+        try:
+            self.events_sock.send(encode_event(stamped), zmq.NOBLOCK)
+        except zmq.Again:  # gate gone or stalled: it times these frames out itself
+            self.verdicts_dropped += 1
+            log.warning("verdict camera=%s seq=%d not sent: gate not taking events", verdict.camera, verdict.seq)
+            return
+        self.verdicts_sent += 1
+        self.metrics.verdicts.labels(decision=verdict.decision, reason=verdict.reason).inc()
+        received = verdict.timestamps.get("received")
+        if received is not None:
+            self.metrics.stage_latency.labels(stage="worker").observe(max(0, stamped.timestamps["sent"] - received)
+                                                                      / 1e9)
+
+    def _collect(self, poller: zmq.Poller) -> list[tuple[Sequence[Any], int]]:
+        assert self.frames_sock is not None
+        batch: list[tuple[Sequence[Any], int]] = []
+        max_batch = self.cfg.infer.max_batch
+        wait_s = self.cfg.infer.max_wait_ms / 1000.0
+        first = time.monotonic()
+        while len(batch) < max_batch:
+            try:
+                parts = self.frames_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                remaining = wait_s - (time.monotonic() - first)
+                if remaining <= 0 or not poller.poll(max(1, math.ceil(remaining * 1000.0))):
+                    break
+                continue
+            batch.append((parts, now_ns()))
+        return batch
+
+    def run(self) -> None:
+        """Serve until :meth:`stop` (or SIGTERM/SIGINT via :func:`main`)."""
+        if self.frames_sock is None:
+            raise RuntimeError("worker was created with bind=False; it has no sockets to serve")
+        poller = zmq.Poller()
+        poller.register(self.frames_sock, zmq.POLLIN)
+        sdnotify.ready(f"infer on {self.frames_endpoint}, models {self.model_version}")
+        try:
+            while not self._stop.is_set():
+                self.watchdog.tick()
+                if not poller.poll(50):
+                    continue
+                batch = self._collect(poller)
+                if not batch:
+                    continue
+                for verdict in self.process_batch(batch):
+                    self._send(verdict)
+        finally:
+            sdnotify.stopping()
+            self.close()
+
+    def close(self) -> None:
+        if self.rejects is not None:
+            self.rejects.close()
+        for sock in (self.frames_sock, self.events_sock):
+            if sock is not None:
+                sock.close(0)
+        for det in self.detectors.values():
+            try:
+                det.close()
+            except Exception:
+                log.exception("closing detector failed")
+        self.metrics.stop_servers()
+        if self._own_ctx:
+            stop_authenticators(self.ctx)
+            self.ctx.term()
+
+
+def main(config: LineConfig) -> int:
+    """``linecam infer --config FILE``: load the models and serve until SIGTERM/SIGINT."""
+    worker = InferWorker(config)
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        log.info("infer: signal %d, shutting down", signum)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    worker.run()
+    log.info("infer: %d verdicts sent, %d dropped", worker.verdicts_sent, worker.verdicts_dropped)
+    return 0

@@ -1,0 +1,56 @@
+"""What the gate hands to a PLC link, and how a link is chosen from the config.
+
+Why a protocol: the gate decides; how the decision reaches the machine (Modbus registers, a log for a dry
+run, later perhaps OPC UA) is a plug-in picked by ``gate.plc.kind``. A link never blocks the gate for
+long and never invents results: when the PLC is unreachable it counts the failure and the PLC's own
+heartbeat watchdog stops the line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from linecam.config import LogPlcConfig, ModbusPlcConfig
+from linecam.runtime.metrics import LineMetrics
+
+
+@dataclass(frozen=True)
+class PlcResult:
+    """The decision for one product, as the PLC needs it."""
+
+    slot: int
+    decision: str
+    reason: str
+    score: float
+    camera: str
+    camera_index: int
+    seq: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@runtime_checkable
+class PlcLink(Protocol):
+    def send(self, result: PlcResult) -> None:
+        """Hand one result to the PLC (non-blocking or bounded by the link's timeout)."""
+        ...
+
+    def heartbeat(self) -> None:
+        """Called often from the gate loop; the link toggles its heartbeat when its period has passed."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def create_plc_link(cfg: LogPlcConfig | ModbusPlcConfig, metrics: LineMetrics | None = None) -> PlcLink:
+    """Build the link the config names."""
+    if isinstance(cfg, ModbusPlcConfig):
+        from linecam.runtime.plc.modbus import ModbusLink
+
+        return ModbusLink(cfg, metrics)
+    from linecam.runtime.plc.log import LogLink
+
+    return LogLink.from_config(cfg, metrics)

@@ -1,0 +1,185 @@
+"""Modbus/TCP PLC link: result block + "result valid" toggle + heartbeat (docs/plc_registers.md).
+
+Why a writer thread: the gate's decision loop must keep its few-millisecond sweep even when the PLC is
+slow or gone, so :meth:`ModbusLink.send` only queues and a thread does the network I/O, reconnecting with
+exponential backoff. Results that cannot be written are counted and dropped, never replayed late: the PLC
+already rejected those products by its own window. The heartbeat is toggled only while the gate's main
+loop keeps calling :meth:`heartbeat`, so a wedged gate stops the heartbeat and the PLC stops the line.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from pymodbus.client import ModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from linecam.config import ModbusPlcConfig
+from linecam.runtime.metrics import LineMetrics
+from linecam.runtime.plc import registers as R
+from linecam.runtime.plc.base import PlcResult
+
+log = logging.getLogger(__name__)
+
+
+class PlcWriteError(RuntimeError):
+    """A Modbus request failed or the PLC answered with an exception code."""
+
+
+class ModbusLink:
+    """Writes each result to the holding-register block at ``cfg.base_register``."""
+
+    def __init__(self, cfg: ModbusPlcConfig, metrics: LineMetrics | None = None, queue_size: int = 1024) -> None:
+        self.cfg = cfg
+        self._metrics = metrics
+        self._queue: queue.Queue[PlcResult] = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._client: ModbusTcpClient | None = None
+        self._connected = False
+        self._toggle = 0
+        self._counter = 0
+        self._heartbeat_value = 0
+        self._main_alive = time.monotonic()
+        self.writes = 0
+        self.errors = 0
+        self.connects = 0
+        self._set_connected(False)
+        self._thread = threading.Thread(target=self._run, name="plc-modbus", daemon=True)
+        self._thread.start()
+
+    # -- gate side -------------------------------------------------------------------------------------
+    def send(self, result: PlcResult) -> None:
+        """Queue one result for the writer thread; a full queue (PLC stalled) counts as a failed write."""
+        try:
+            self._queue.put_nowait(result)
+        except queue.Full:
+            self._failed(f"queue full, result camera={result.camera} seq={result.seq} dropped")
+
+    def heartbeat(self) -> None:
+        """Mark the gate loop alive; the writer thread toggles the register while this keeps coming."""
+        self._main_alive = time.monotonic()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def wait_idle(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every queued result was written or dropped (tests, clean shutdown)."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self._queue.unfinished_tasks == 0:
+                return True
+            time.sleep(0.005)
+        return False
+
+    def close(self) -> None:
+        self.wait_idle(min(2.0, self.cfg.timeout_s * 4))
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        self._disconnect()
+
+    # -- writer thread ---------------------------------------------------------------------------------
+    def _set_connected(self, value: bool) -> None:
+        self._connected = value
+        if self._metrics is not None:
+            self._metrics.plc_connected.set(1 if value else 0)
+
+    def _failed(self, why: str) -> None:
+        self.errors += 1
+        if self._metrics is not None:
+            self._metrics.plc_write_errors.inc()
+        log.warning("PLC write failed: %s", why)
+
+    def _disconnect(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._connected:
+            log.warning("PLC %s:%d disconnected", self.cfg.host, self.cfg.port)
+        self._set_connected(False)
+
+    def _connect(self) -> bool:
+        client = ModbusTcpClient(self.cfg.host, port=self.cfg.port, timeout=self.cfg.timeout_s, retries=0)
+        try:
+            ok = bool(client.connect())
+        except (ModbusException, OSError):
+            ok = False
+        if not ok:
+            client.close()
+            return False
+        self._client = client
+        self.connects += 1
+        self._set_connected(True)
+        log.info("PLC %s:%d connected", self.cfg.host, self.cfg.port)
+        return True
+
+    def _write(self, address: int, values: list[int]) -> None:
+        if self._client is None:
+            raise PlcWriteError("not connected")
+        try:
+            response: Any = self._client.write_registers(address, values, device_id=self.cfg.device_id)
+        except (ModbusException, OSError) as exc:
+            raise PlcWriteError(f"write {address}: {exc}") from exc
+        if response.isError():
+            raise PlcWriteError(f"write {address}: PLC answered {response}")
+
+    def _write_result(self, result: PlcResult) -> None:
+        counter = (self._counter + 1) & 0xFFFF
+        data = R.result_registers(result.slot, result.decision, result.reason, result.score,
+                                  result.camera_index, counter)
+        self._write(self.cfg.base_register, data)
+        toggle = 1 - self._toggle
+        self._write(self.cfg.base_register + R.VALID_TOGGLE, [toggle])
+        self._toggle = toggle
+        self._counter = counter
+        self.writes += 1
+        if self._metrics is not None:
+            self._metrics.plc_writes.inc()
+
+    def _drop_queued(self, why: str) -> None:
+        while True:
+            try:
+                result = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._failed(f"{why}; camera={result.camera} seq={result.seq} slot={result.slot} not written")
+            self._queue.task_done()
+
+    def _run(self) -> None:
+        backoff = self.cfg.reconnect_min_s
+        next_beat = 0.0
+        while not self._stop.is_set():
+            if self._client is None:
+                if self._connect():
+                    backoff = self.cfg.reconnect_min_s
+                else:
+                    self._drop_queued(f"PLC {self.cfg.host}:{self.cfg.port} unreachable")
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2.0, self.cfg.reconnect_max_s)
+                    continue
+            now = time.monotonic()
+            try:
+                if now >= next_beat:
+                    next_beat = now + self.cfg.heartbeat_period_s
+                    if now - self._main_alive <= 2.0 * self.cfg.heartbeat_period_s:
+                        value = 1 - self._heartbeat_value
+                        self._write(self.cfg.heartbeat_register, [value])
+                        self._heartbeat_value = value
+                try:
+                    result = self._queue.get(timeout=max(0.0, min(0.05, next_beat - time.monotonic())))
+                except queue.Empty:
+                    continue
+                try:
+                    self._write_result(result)
+                except PlcWriteError as exc:
+                    self._failed(f"camera={result.camera} seq={result.seq}: {exc}")
+                    self._disconnect()
+                finally:
+                    self._queue.task_done()
+            except PlcWriteError as exc:
+                log.warning("PLC heartbeat failed: %s", exc)
+                self._disconnect()

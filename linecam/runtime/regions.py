@@ -1,0 +1,109 @@
+"""Inspection regions of a camera: the crop box, the model that inspects it, an optional mask, a threshold.
+
+Why a module of its own: regions come either inline from the line config or from a calibration folder
+(``calibration/<station>/<camera>/regions.yaml`` plus mask PNGs), and the worker must crop them the same
+way whatever their origin. A frame that does not contain a region's box cannot be inspected and is a
+``bad_frame``, never a silently clipped crop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REGIONS_FILE = "regions.yaml"
+
+
+class RegionConfig(BaseModel):
+    """One inspection region. ``box`` is ``[x, y, w, h]`` in frame pixels, or None for the full frame."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    box: tuple[int, int, int, int] | None = None
+    model: str = Field(min_length=1)
+    mask: Path | None = None
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+
+    @field_validator("box")
+    @classmethod
+    def _box_positive(cls, box: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        if box is not None:
+            x, y, w, h = box
+            if x < 0 or y < 0 or w <= 0 or h <= 0:
+                raise ValueError(f"box [x, y, w, h] needs x, y >= 0 and w, h > 0, got {list(box)}")
+        return box
+
+
+class RegionError(ValueError):
+    """A calibration folder or region definition that cannot be used; the message names the file/field."""
+
+
+def _format_errors(exc: ValidationError) -> str:
+    return "; ".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in exc.errors())
+
+
+def parse_regions(raw: Any, source: str, base_dir: Path) -> list[RegionConfig]:
+    """Validate a list of region dicts; relative mask paths resolve against ``base_dir``."""
+    if not isinstance(raw, list) or not raw:
+        raise RegionError(f"{source}: 'regions' must be a non-empty list, got {type(raw).__name__}")
+    regions: list[RegionConfig] = []
+    for i, item in enumerate(raw):
+        try:
+            region = RegionConfig.model_validate(item)
+        except ValidationError as exc:
+            raise RegionError(f"{source}: regions[{i}]: {_format_errors(exc)}") from None
+        if region.mask is not None and not region.mask.is_absolute():
+            region = region.model_copy(update={"mask": (base_dir / region.mask).resolve()})
+        regions.append(region)
+    names = [r.name for r in regions]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise RegionError(f"{source}: duplicate region names {dupes}")
+    return regions
+
+
+def load_regions(folder: str | Path) -> list[RegionConfig]:
+    """Read ``<folder>/regions.yaml`` (``{regions: [...]}``); masks are file names relative to the folder."""
+    folder = Path(folder)
+    path = folder / REGIONS_FILE
+    if not path.is_file():
+        raise RegionError(f"{path}: calibration file not found")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RegionError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(doc, dict) or set(doc) - {"regions"}:
+        extra = sorted(set(doc) - {"regions"}) if isinstance(doc, dict) else []
+        raise RegionError(f"{path}: expected a mapping with only the key 'regions' (unknown keys: {extra})")
+    return parse_regions(doc.get("regions"), str(path), folder)
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """Read a mask PNG as uint8 (h, w), 0 = ignore; refuse a missing or unreadable file."""
+    if not path.is_file():
+        raise RegionError(f"{path}: mask file not found")
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise RegionError(f"{path}: mask file is not a readable image")
+    return mask
+
+
+def crop(image: np.ndarray, region: RegionConfig) -> np.ndarray:
+    """The region's pixels as (h, w, C) uint8 (a view when possible); ValueError if the box leaves the frame."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if region.box is None:
+        return image
+    x, y, w, h = region.box
+    height, width = image.shape[:2]
+    if x + w > width or y + h > height:
+        raise ValueError(
+            f"region {region.name!r} box {list(region.box)} does not fit a {width}x{height} frame"
+        )
+    return image[y : y + h, x : x + w]

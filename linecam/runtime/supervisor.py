@@ -1,0 +1,354 @@
+"""``linecam run``: the whole line as child processes of one command, for development and the demo.
+
+It mirrors what systemd does in production, with the same protocol: each child gets its own
+``NOTIFY_SOCKET`` and a ``WATCHDOG_USEC``, is started only after the previous stage reported ``READY=1``
+(gate, then infer, then one acquire per camera), and is declared hung when its watchdog pings stop.
+Shutdown is ordered so no product is left without a verdict: acquire stops first, the gate drains (every
+announced frame is decided or timed out by its deadline), then infer and finally the gate stop.
+Children run in their own process group so a Ctrl-C reaches only the supervisor, which then shuts the
+line down in order; they also get SIGTERM from the kernel if the supervisor itself dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, TextIO
+
+import yaml
+
+from linecam.config import RUNTIME_DIR_ENV, LineConfig, load_config
+from linecam.runtime.status import AuditTail, LineStatus
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask the kernel to SIGTERM this child if the supervisor dies (Linux prctl)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class NotifyListener:
+    """A ``$NOTIFY_SOCKET`` for one child: the sd_notify datagrams systemd would receive."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.ready = False
+        self.stopping = False
+        self.status = ""
+        self.last_ping = time.monotonic()
+
+    def poll(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return
+            for line in data.decode(errors="replace").splitlines():
+                key, _, value = line.partition("=")
+                if key == "READY" and value == "1":
+                    self.ready = True
+                    self.last_ping = time.monotonic()
+                elif key == "WATCHDOG" and value == "1":
+                    self.last_ping = time.monotonic()
+                elif key == "STOPPING" and value == "1":
+                    self.stopping = True
+                elif key == "STATUS":
+                    self.status = value
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+@dataclass
+class Child:
+    """One line process under supervision."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    notify: NotifyListener
+    proc: subprocess.Popen[bytes] | None = None
+    asked_to_stop: bool = False
+    killed: bool = False
+    _log_file: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else -1
+
+    def returncode(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+class LineFailure(RuntimeError):
+    """A child failed to start, died unexpectedly, or stopped pinging its watchdog."""
+
+
+class Supervisor:
+    """Starts, watches and stops the line's processes; see the module docstring for the order."""
+
+    def __init__(self, config: LineConfig, *, rundir: Path, duration_s: float | None = None,
+                 status_interval_s: float = 1.0, watchdog_s: float = 30.0, grace_s: float = 5.0,
+                 ready_timeout_s: float = 120.0, out: TextIO | None = None) -> None:
+        self.config = config
+        self.rundir = rundir
+        self.duration_s = duration_s
+        self.status_interval_s = status_interval_s
+        self.watchdog_s = watchdog_s
+        self.grace_s = grace_s
+        self.ready_timeout_s = ready_timeout_s
+        self.out = out or sys.stdout
+        self.children: list[Child] = []
+        self.status = LineStatus()
+        self.audit = AuditTail(config.audit_log_path(), from_end=True)  # an appended log keeps old runs
+        self.stop_requested = ""
+        self.failures: list[str] = []
+        self.final_summary: dict[str, Any] = {}
+        self.config_path = rundir / "line.yaml"
+        (rundir / "logs").mkdir(parents=True, exist_ok=True)
+        (rundir / "notify").mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(_config_document(config), sort_keys=False))
+
+    # -- children -----------------------------------------------------------------------------
+    def _child(self, name: str, *args: str) -> Child:
+        argv = [sys.executable, "-m", "linecam", *args]
+        safe = name.replace("@", "-")
+        child = Child(name=name, argv=argv, log_path=self.rundir / "logs" / f"{safe}.log",
+                      notify=NotifyListener(self.rundir / "notify" / f"{safe}.sock"))
+        self.children.append(child)
+        return child
+
+    def _start(self, child: Child) -> None:
+        env = dict(os.environ)
+        env.update({RUNTIME_DIR_ENV: str(self.rundir), "NOTIFY_SOCKET": str(child.notify.path),
+                    "WATCHDOG_USEC": str(int(self.watchdog_s * 1e6)), "PYTHONUNBUFFERED": "1"})
+        env.pop("WATCHDOG_PID", None)
+        child._log_file = child.log_path.open("ab")
+        child.proc = subprocess.Popen(child.argv, stdin=subprocess.DEVNULL, stdout=child._log_file,
+                                      stderr=subprocess.STDOUT, env=env, process_group=0,
+                                      preexec_fn=_die_with_parent)
+        self._say(f"started {child.name} pid {child.pid}")
+
+    def _wait_ready(self, children: list[Child]) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            pending = []
+            for child in children:
+                child.notify.poll()
+                rc = child.returncode()
+                if rc is not None:
+                    raise LineFailure(f"{child.name} exited with code {rc} during start-up:\n{child.log_tail()}")
+                if not child.notify.ready:
+                    pending.append(child.name)
+            if not pending:
+                return
+            if self.stop_requested:
+                raise LineFailure(f"stopped ({self.stop_requested}) while waiting for {pending}")
+            if time.monotonic() > deadline:
+                raise LineFailure(f"{pending} sent no READY=1 within {self.ready_timeout_s:.0f} s")
+            time.sleep(0.05)
+
+    def start_all(self) -> None:
+        cfg = str(self.config_path)
+        gate = self._child("gate", "gate", "--config", cfg)
+        self._start(gate)
+        self._wait_ready([gate])
+        infer = self._child("infer", "infer", "--config", cfg)
+        self._start(infer)
+        self._wait_ready([infer])
+        acquires = [self._child(f"acquire@{cam.name}", "acquire", "--config", cfg, "--camera", cam.name,
+                                "--stats", str(self._stats_path(cam.name))) for cam in self.config.cameras]
+        for child in acquires:
+            self._start(child)
+        self._wait_ready(acquires)
+        self._say(f"line {self.config.line.name} running: {len(acquires)} camera(s), audit log "
+                  f"{self.config.audit_log_path()}")
+
+    def _stats_path(self, camera: str) -> Path:
+        return self.rundir / f"acquire-{camera}.json"
+
+    def check_children(self) -> None:
+        """Raise :class:`LineFailure` when a child exited or its watchdog pings stopped."""
+        now = time.monotonic()
+        for child in self.children:
+            child.notify.poll()
+            rc = child.returncode()
+            if rc is not None and not child.asked_to_stop:
+                raise LineFailure(f"{child.name} (pid {child.pid}) exited unexpectedly with code {rc}:\n"
+                                  f"{child.log_tail()}")
+            if rc is None and child.notify.ready and now - child.notify.last_ping > self.watchdog_s:
+                raise LineFailure(f"{child.name} (pid {child.pid}) sent no watchdog ping for "
+                                  f"{now - child.notify.last_ping:.1f} s")
+
+    def _stop(self, children: list[Child]) -> None:
+        """SIGTERM, wait ``grace_s``, then SIGKILL what is left; a child that needed SIGKILL is a failure."""
+        for child in children:
+            child.asked_to_stop = True
+            if child.returncode() is None and child.proc is not None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        for child in children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+                child.killed = True
+                self.failures.append(f"{child.name} ignored SIGTERM for {self.grace_s:.0f} s and was killed")
+            rc = child.proc.returncode
+            if rc != 0 and not child.killed:
+                self.failures.append(f"{child.name} exited with code {rc} on shutdown:\n{child.log_tail()}")
+            self._say(f"stopped {child.name} (code {rc})")
+
+    def stop_all(self) -> None:
+        by_role: dict[str, list[Child]] = {"acquire": [], "infer": [], "gate": []}
+        for child in self.children:
+            by_role[child.name.split("@")[0]].append(child)
+        self._stop(by_role["acquire"])
+        # Drain: every announced frame is decided (verdict or timeout) by its deadline.
+        drain_until = time.monotonic() + self.config.gate.deadline_ms / 1000.0 + 0.5
+        while time.monotonic() < drain_until:
+            self._tail()
+            time.sleep(0.05)
+        self._stop(by_role["infer"])
+        self._stop(by_role["gate"])
+        self._tail()
+        for child in self.children:
+            child.notify.close()
+            if child._log_file is not None:
+                child._log_file.close()
+
+    # -- status --------------------------------------------------------------------------------
+    def _tail(self) -> None:
+        self.status.add(self.audit.read_new())
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.stop_requested:  # a second Ctrl-C: no more patience
+            self.grace_s = 0.5
+        self.stop_requested = name
+
+    def run(self) -> int:
+        """Start the line, show the status until the duration ends or a signal arrives, stop, summarise."""
+        try:
+            self.start_all()
+            started = time.monotonic()  # the duration counts line time, not start-up (model loading)
+            next_status = time.monotonic() + self.status_interval_s
+            while not self.stop_requested:
+                if self.duration_s is not None and time.monotonic() - started >= self.duration_s:
+                    break
+                self.check_children()
+                self._tail()
+                if time.monotonic() >= next_status:
+                    self._say(self.status.line())
+                    next_status += self.status_interval_s
+                time.sleep(0.05)
+        except LineFailure as exc:
+            self.failures.append(str(exc))
+            self._say(f"LINE FAILURE: {exc}")
+        finally:
+            self.stop_all()
+        self.final_summary = summary = self.summary()
+        self._say("summary: " + json.dumps(summary, sort_keys=True))
+        for problem in self.failures:
+            self._say(f"problem: {problem.splitlines()[0]}")
+        return 0 if not self.failures else 1
+
+    def summary(self) -> dict[str, Any]:
+        """Status totals plus, per camera, announced frames vs audit lines (they must be equal)."""
+        summary = self.status.summary()
+        announced: dict[str, int | None] = {}
+        for cam in self.config.cameras:
+            try:
+                announced[cam.name] = int(json.loads(self._stats_path(cam.name).read_text())["announced"])
+            except (FileNotFoundError, ValueError, KeyError):
+                announced[cam.name] = None
+        summary["announced"] = announced
+        summary["children"] = {c.name: {"pid": c.pid, "exit_code": c.returncode(), "killed": c.killed}
+                               for c in self.children}
+        for name, n in announced.items():
+            got = self.status.per_camera.get(name, 0)
+            if n is not None and n != got:
+                self.failures.append(f"camera {name}: {n} frames announced but {got} audit lines")
+        summary["audit_log"] = str(self.config.audit_log_path())
+        return summary
+
+
+def _config_document(config: LineConfig) -> dict[str, Any]:
+    """The resolved config as a YAML-able document with absolute paths, for the children to load."""
+    doc = config.model_dump(mode="json", exclude={"source_path"})
+    return doc
+
+
+def prepare_config(config: LineConfig, rundir: Path, rejects_dir: Path | None) -> LineConfig:
+    """The config the children get: runtime dir fixed, ``--rejects`` applied."""
+    update: dict[str, Any] = {}
+    if config.runtime_dir is None:
+        update["runtime_dir"] = rundir
+    if rejects_dir is not None:
+        update["infer"] = config.infer.model_copy(update={"reject_dir": rejects_dir.resolve(),
+                                                          "save_rejects": True})
+    return config.model_copy(update=update)
+
+
+def main(config_path: str | Path, duration_s: float | None = None, rejects_dir: str | Path | None = None, *,
+         keep_runtime: bool = False, watchdog_s: float = 30.0, grace_s: float = 5.0,
+         summary_path: str | Path | None = None) -> int:
+    """``linecam run``: returns 0 on a clean run, 1 when a child failed or a product lacked its verdict."""
+    config = load_config(config_path)
+    temp_rundir = config.runtime_dir is None
+    rundir = Path(tempfile.mkdtemp(prefix="linecam-")) if temp_rundir else Path(config.runtime_dir or "")
+    rundir.mkdir(parents=True, exist_ok=True)
+    config = prepare_config(config, rundir, Path(rejects_dir) if rejects_dir is not None else None)
+    supervisor = Supervisor(config, rundir=rundir, duration_s=duration_s, watchdog_s=watchdog_s, grace_s=grace_s)
+    previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, supervisor.request_stop)
+    try:
+        code = supervisor.run()
+        if summary_path is not None:
+            Path(summary_path).write_text(json.dumps(supervisor.final_summary, sort_keys=True) + "\n")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if temp_rundir and not keep_runtime:
+            shutil.rmtree(rundir, ignore_errors=True)
+        elif temp_rundir:
+            print(f"runtime dir kept: {rundir}", flush=True)
+    return code

@@ -1,0 +1,162 @@
+"""Evaluator metrics against scikit-learn and hand-computed cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, roc_auc_score
+
+from linecam.grdnet.evaluate import (
+    Predictions,
+    aupro,
+    calibrate,
+    compute_metrics,
+    f1_max,
+    image_auroc,
+    pixel_auroc,
+    rates_at,
+    threshold_for_escape,
+    write_metrics_json,
+)
+
+
+def test_image_auroc_and_f1_match_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    scores = rng.normal(size=200) + 0.8 * labels
+    assert image_auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+    f1, thr = f1_max(labels, scores)
+    # Brute force over every candidate threshold.
+    brute = max(f1_score(labels, scores >= t) for t in np.unique(scores))
+    assert f1 == pytest.approx(brute)
+    assert f1_score(labels, scores >= thr) == pytest.approx(f1)
+
+
+def test_pixel_auroc_ignores_pixels_outside_roi() -> None:
+    maps = np.zeros((1, 4, 4))
+    masks = np.zeros((1, 4, 4), bool)
+    maps[0, 0, 0] = 0.9
+    masks[0, 0, 0] = True  # detected defect inside ROI
+    maps[0, 3, 3] = 1.0  # hot good pixel outside the ROI: must not count
+    rois = np.ones((1, 4, 4), bool)
+    rois[0, 3, 3] = False
+    assert pixel_auroc(maps, masks, rois) == 1.0
+    assert pixel_auroc(maps, masks) < 1.0
+
+
+def _brute_aupro(maps: np.ndarray, regions: list[np.ndarray], neg: np.ndarray, limit: float) -> float:
+    ts = np.unique(maps)[::-1]
+    fprs, pros = [0.0], [0.0]
+    for t in ts:
+        hit = maps >= t
+        fprs.append(hit[neg].mean())
+        pros.append(np.mean([hit[r].mean() for r in regions]))
+    fprs_a, pros_a = np.array(fprs), np.array(pros)
+    grid = np.linspace(0, limit, 20001)
+    return float(np.trapezoid(np.interp(grid, fprs_a, pros_a), grid) / limit)
+
+
+def test_aupro_hand_case() -> None:
+    # Two images; one big region (16 px) half detected, one small region (1 px) fully detected.
+    maps = np.zeros((2, 8, 8))
+    masks = np.zeros((2, 8, 8), bool)
+    masks[0, 0:4, 0:4] = True
+    maps[0, 0:2, 0:4] = 0.8  # 8 of 16 pixels of region A score high
+    masks[1, 6, 6] = True
+    maps[1, 6, 6] = 0.9
+    maps[1, 0, 0] = 0.85  # one false positive among 127 good pixels
+    # Thresholds: 0.9 -> PRO 0.5 (B) FPR 0; 0.85 -> PRO .5, FPR 1/111; 0.8 -> PRO .75; 0 -> PRO 1, FPR 1.
+    # The curve reaches PRO 0.75 at FPR 1/111 and stays there until t=0 (FPR jumps to 1).
+    n_neg = 128 - 17
+    assert (~masks).sum() == n_neg
+    got = aupro(maps, masks, fpr_limit=0.3)
+    f1 = 1 / n_neg
+    # Trapezoid: (0,0.5)->(f1,0.5) [t=.85] ->(f1,0.75) [t=.8] -> (1, 1) interpolated at 0.3.
+    p_at = 0.75 + (1 - 0.75) * (0.3 - f1) / (1 - f1)
+    expected = (0.5 * f1 + (0.75 + p_at) / 2 * (0.3 - f1)) / 0.3
+    assert got == pytest.approx(expected, rel=1e-9)
+    regions = [masks[0].copy(), masks[1].copy()]
+    full = [np.zeros_like(masks) for _ in regions]
+    full[0][0] = regions[0]
+    full[1][1] = regions[1]
+    assert got == pytest.approx(_brute_aupro(maps, full, ~masks, 0.3), abs=1e-4)
+
+
+def test_aupro_random_vs_bruteforce_and_roi() -> None:
+    rng = np.random.default_rng(1)
+    maps = rng.random((3, 16, 16)).round(2)
+    masks = np.zeros((3, 16, 16), bool)
+    masks[0, 2:5, 2:5] = True
+    masks[0, 10:12, 10:15] = True
+    masks[2, 0:3, 13:16] = True
+    maps[masks] += 0.3
+    from scipy import ndimage
+
+    regions = []
+    for i in range(3):
+        lab, n = ndimage.label(masks[i], structure=np.ones((3, 3)))
+        for k in range(1, n + 1):
+            r = np.zeros_like(masks)
+            r[i] = lab == k
+            regions.append(r)
+    assert len(regions) == 3
+    got = aupro(maps, masks, fpr_limit=0.3)
+    assert got == pytest.approx(_brute_aupro(maps, regions, ~masks, 0.3), abs=2e-4)
+    # Perfect separation -> 1.
+    perfect = masks.astype(float)
+    assert aupro(perfect, masks) == pytest.approx(1.0)
+
+
+def test_escape_threshold_and_rates() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.6, 0.3, 0.5, 0.7, 0.8, 0.9])
+    t0 = threshold_for_escape(labels, scores, 0.0)
+    assert t0 == 0.5
+    r = rates_at(labels, scores, t0)
+    assert r == {"accuracy": pytest.approx(7 / 8), "false_reject_rate": 0.25, "escape_rate": 0.0}
+    assert threshold_for_escape(labels, scores, 0.25) == 0.7  # one of four defects may pass
+    assert rates_at(labels, scores, 0.7)["escape_rate"] == 0.25
+
+
+def _preds(labels: list[int], scores: list[float], kinds: list[str]) -> Predictions:
+    n = len(labels)
+    maps = np.zeros((n, 8, 8), np.float32)
+    masks = np.zeros((n, 8, 8), bool)
+    rois = np.ones((n, 8, 8), bool)
+    rois[:, :, 4:] = False
+    for i, (lab, s, k) in enumerate(zip(labels, scores, kinds, strict=True)):
+        if lab:
+            masks[i, 1:3, 1:3] = True
+            maps[i, 1:3, 1:3] = s
+        if k == "outside_roi":
+            masks[i, 5:7, 5:7] = True  # defect outside ROI, image is good for the line
+    return Predictions(np.array(scores), maps, masks, rois, np.array(labels), kinds, [f"{i}.png" for i in range(n)])
+
+
+def test_compute_metrics_thresholds_come_from_calibration(tmp_path: Path) -> None:
+    calib = _preds([0, 0, 1, 1], [0.1, 0.3, 0.4, 0.9], ["good", "good", "scratch", "scratch"])
+    test = _preds([0, 0, 0, 1, 1], [0.2, 0.35, 0.95, 0.5, 0.45], ["good", "good", "outside_roi", "scratch", "scratch"])
+    cal = calibrate(calib)
+    assert cal["threshold"] == 0.4  # best F1 on calibration (perfect split at 0.4)
+    m = compute_metrics(test, calib)
+    assert m["threshold"] == 0.4  # not re-chosen on test
+    assert m["image_auroc"] == pytest.approx(roc_auc_score(test.labels, test.scores))
+    assert m["outside_roi_false_reject_rate"] == 1.0  # the one outside_roi image scores 0.95 >= 0.4
+    assert m["accuracy"] == pytest.approx(4 / 5)
+    assert m["false_reject_rate"] == pytest.approx(1 / 3)
+    assert m["false_reject_rate_at_escape_0"] == pytest.approx(1 / 3)
+    for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):
+        assert 0.0 <= m[k] <= 1.0
+    out = tmp_path / "m.json"
+    write_metrics_json(out, m)
+    assert json.loads(out.read_text())["threshold"] == 0.4
+    with pytest.raises(ValueError, match="calibration split or an explicit threshold"):
+        compute_metrics(test, None)
+
+
+def test_single_class_is_an_error() -> None:
+    with pytest.raises(ValueError, match="both good and defective"):
+        image_auroc(np.zeros(4), np.arange(4.0))

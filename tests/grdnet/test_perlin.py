@@ -1,0 +1,86 @@
+"""Perlin anomaly simulator: reproducibility, clean share, mask/pixel consistency, odd sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from linecam.grdnet.perlin import AnomalySimulator, perlin_noise
+
+
+def images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, h, w, generator=g)
+
+
+def test_perlin_noise_any_size_is_crop_of_padded_grid() -> None:
+    a = perlin_noise((50, 47), (4, 4), torch.Generator().manual_seed(5))
+    # cells span ceil(50/4)=13 and ceil(47/4)=12 px: the same noise as the padded 52x48 grid, cropped
+    b = perlin_noise((52, 48), (4, 4), torch.Generator().manual_seed(5))
+    assert a.shape == (50, 47)
+    torch.testing.assert_close(a, b[:50, :47])
+    # Perlin noise vanishes on the lattice points and stays bounded
+    assert float(a[13 * 2, 12 * 3].abs()) < 1e-6 and float(a[0, 0].abs()) < 1e-6
+    assert float(a.abs().max()) <= 1.05 and float(a.std()) > 0.05
+
+
+def test_reproducible_from_generator() -> None:
+    x = images(6, 40, 40)
+    sim = AnomalySimulator()
+    a1, m1 = sim(x, torch.Generator().manual_seed(7))
+    a2, m2 = sim(x, torch.Generator().manual_seed(7))
+    a3, m3 = sim(x, torch.Generator().manual_seed(8))
+    assert torch.equal(a1, a2) and torch.equal(m1, m2)
+    assert not torch.equal(m1, m3)
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (64, 64), (100, 30)])
+def test_masks_binary_and_match_changed_pixels(shape: tuple[int, int]) -> None:
+    h, w = shape
+    x = images(24, h, w, seed=1)
+    aug, mask = AnomalySimulator(clean_share=0.25)(x, torch.Generator().manual_seed(2))
+    assert aug.shape == x.shape and mask.shape == (24, 1, h, w)
+    assert set(torch.unique(mask).tolist()) <= {0.0, 1.0}
+    assert float(aug.min()) >= 0.0 and float(aug.max()) <= 1.0
+    changed = (aug != x).any(dim=1, keepdim=True)
+    inside = mask.bool()
+    # outside the mask the image is bit-identical; inside (almost) every pixel changed
+    assert not bool(changed[~inside].any())
+    assert float(changed[inside].float().mean()) > 0.9
+    # every sample is either untouched with an empty mask, or carries a non-empty anomaly
+    per_sample = mask.flatten(1).sum(1)
+    for i in range(24):
+        if per_sample[i] == 0:
+            assert torch.equal(aug[i], x[i])
+
+
+def test_clean_share_respected() -> None:
+    x = images(400, 24, 24, seed=3)
+    for share in (0.0, 0.3, 1.0):
+        _, mask = AnomalySimulator(clean_share=share)(x, torch.Generator().manual_seed(4))
+        empty = float((mask.flatten(1).sum(1) == 0).float().mean())
+        assert abs(empty - share) < 0.08, (share, empty)
+
+
+def test_anomalies_cover_the_whole_frame() -> None:
+    x = images(300, 32, 32, seed=5)
+    _, mask = AnomalySimulator(clean_share=0.0)(x, torch.Generator().manual_seed(6))
+    freq = mask.mean(dim=(0, 1))
+    # every 8x8 tile of the frame (corners included) receives anomalies
+    tiles = freq.view(4, 8, 4, 8).mean(dim=(1, 3))
+    assert float(tiles.min()) > 0.4 * float(tiles.mean())
+    # scales vary: both small and large blobs occur
+    area = mask.flatten(1).mean(1)
+    assert float(area.min()) < 0.05 and float(area.max()) > 0.2
+
+
+def test_grayscale_and_bad_input() -> None:
+    g = torch.Generator().manual_seed(0)
+    aug, mask = AnomalySimulator(clean_share=0.0)(torch.rand(4, 1, 33, 33, generator=g), g)
+    assert aug.shape == (4, 1, 33, 33) and bool((mask.flatten(1).sum(1) > 0).all())
+    with pytest.raises(ValueError, match="float images"):
+        AnomalySimulator()(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), g)
+    with pytest.raises(ValueError, match="clean_share"):
+        AnomalySimulator(clean_share=1.5)
+    with pytest.raises(ValueError, match="fill_modes"):
+        AnomalySimulator(fill_modes=("texture",))

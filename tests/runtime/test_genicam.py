@@ -1,0 +1,145 @@
+"""The GenICam source against the real simulated GenTL producer shipped in the genicam wheel (viky.cti)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import genicam
+import pytest
+import yaml
+import zmq
+
+from linecam.config import TransportConfig
+from linecam.runtime.messages import Announcement, decode_event, decode_frame
+from linecam.runtime.sources import SourceError, create_source
+from linecam.runtime.sources.config import GenicamSourceConfig, TriggerConfig
+from linecam.runtime.transport import event_pull_bind, frame_pull_bind
+
+VIKY = Path(os.path.dirname(genicam.__file__)) / "viky.cti"
+pytestmark = pytest.mark.skipif(not VIKY.is_file(), reason="viky.cti not shipped with this genicam wheel")
+
+
+def test_source_settings_frame_ids_and_timeouts() -> None:
+    cfg = GenicamSourceConfig(cti=VIKY, serial="1", pixel_format="Mono8", width=256, height=192, frame_rate=200,
+                              trigger=TriggerConfig(mode="On", source="Software"), fetch_timeout_s=0.5)
+    source = create_source(cfg)
+    source.open()
+    try:
+        info = source.describe()
+        assert info["device"]["id"] == "VikyTL_DEV_green"
+        assert info["applied"] == {"PixelFormat": "Mono8", "Width": 256, "Height": 192, "AcquisitionFrameRate": 200.0}
+        assert set(info["unavailable"]) == {"TriggerMode", "TriggerSource", "TriggerActivation"}
+        frames = []
+        while len(frames) < 60:
+            frame = source.grab(0.5)
+            if frame is not None:
+                frames.append(frame)
+        ids = [f.device_frame_id for f in frames]
+        assert ids == list(range(ids[0], ids[0] + 60))  # continuous device frame ids
+        assert all(f.image.shape == (192, 256) and f.pixel_format == "Mono8" for f in frames)
+        assert all(f.device_timestamp_ns is None for f in frames)  # viky: "timestamps not supported"
+        assert frames[-1].t_capture_ns > frames[0].t_capture_ns  # host clock instead
+        source.stop()  # acquisition stopped: no frame, and grab returns after its timeout
+        t0 = time.monotonic()
+        assert source.grab(0.2) is None
+        assert 0.15 <= time.monotonic() - t0 < 1.5
+        source.start()
+        assert any(source.grab(0.5) is not None for _ in range(10))
+        assert source.describe()["frame_gaps"] == 0
+    finally:
+        source.close()
+
+
+def test_device_selection_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="serial='nope' matches 0"):
+        create_source(GenicamSourceConfig(cti=VIKY, serial="nope")).open()
+    with pytest.raises(SourceError, match="does not exist"):
+        create_source(GenicamSourceConfig(cti=tmp_path / "none.cti")).open()
+    with pytest.raises(ValueError, match="pixel_format"):
+        create_source(GenicamSourceConfig(cti=VIKY, pixel_format="BayerRG8"))
+
+
+def _line_config(tmp_path: Path) -> Path:
+    cameras = []
+    for i, fmt in enumerate(("Mono8", "Mono8", "RGBa8")):
+        source = {"kind": "genicam", "cti": str(VIKY), "device_index": i, "pixel_format": fmt, "width": 256,
+                  "height": 256, "frame_rate": 200, "fetch_timeout_s": 0.5, "num_buffers": 16}
+        cameras.append({"name": f"cam{i}", "source": source,
+                        "regions": [{"name": "all", "box": None, "model": "demo"}]})
+    doc = {"line": {"name": "t", "station": "s"}, "runtime_dir": str(tmp_path / "run"),
+           "models": {"demo": {"path": str(tmp_path / "model")}}, "cameras": cameras,
+           "acquire": {"metrics_base_port": 0}}
+    path = tmp_path / "line.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_three_devices_at_200_fps_through_acquire_processes(tmp_path: Path) -> None:
+    """Three real acquire processes, one per simulated device, into sockets bound here as infer/gate would."""
+    config = _line_config(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    ctx = zmq.Context()
+    frames = frame_pull_bind(ctx, f"ipc://{run}/frames.sock", TransportConfig())
+    events = event_pull_bind(ctx, f"ipc://{run}/events.sock", TransportConfig())
+    procs = {f"cam{i}": subprocess.Popen(
+        [sys.executable, "-m", "linecam", "acquire", "--config", str(config), "--camera", f"cam{i}", "--stats",
+         str(tmp_path / f"cam{i}.json")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(3)}
+    announced: dict[str, list[int]] = defaultdict(list)
+    overloads: dict[str, int] = defaultdict(int)
+    received: dict[str, list[Any]] = defaultdict(list)
+    poller = zmq.Poller()
+    poller.register(frames, zmq.POLLIN)
+    poller.register(events, zmq.POLLIN)
+
+    def pump(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for sock, _ in poller.poll(20):
+                if sock is events:
+                    event = decode_event(events.recv())
+                    if isinstance(event, Announcement):
+                        announced[event.camera].append(event.seq)
+                    else:
+                        overloads[event.camera] += 1
+                else:
+                    header, image = decode_frame(frames.recv_multipart(copy=False))
+                    received[header.camera].append((header.seq, image.shape, header.pixel_format))
+
+    outputs = {}
+    try:
+        pump(5.0)
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for name, proc in procs.items():
+            outputs[name], _ = proc.communicate(timeout=30)
+        pump(0.5)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+        frames.close(0)
+        events.close(0)
+        ctx.term()
+    for name, proc in procs.items():
+        assert proc.returncode == 0, outputs[name]
+        stats = json.loads((tmp_path / f"{name}.json").read_text())
+        assert announced[name] == list(range(stats["announced"]))  # every frame announced, in order
+        assert stats["announced"] == stats["offered"] + stats["overloads"]
+        assert overloads[name] == stats["overloads"]
+        assert stats["frame_gaps"] == 0, outputs[name]  # device frame ids continuous
+        print(name, stats, "received", len(received[name]))
+        assert stats["announced"] >= 200, stats
+        seqs = [s for s, _, _ in received[name]]
+        assert seqs == sorted(seqs) and len(seqs) >= stats["offered"] - 8  # at most the HWM lost at shutdown
+        want = (256, 256, 4) if name == "cam2" else (256, 256)
+        assert {(shape, fmt) for _, shape, fmt in received[name]} == {(want, "RGBa8" if name == "cam2" else "Mono8")}

@@ -67,13 +67,14 @@ def zmq_rate(image: np.ndarray, endpoint: str, cfg: TransportConfig | None, seco
         push.connect(endpoint)
     stop = threading.Event()
     sent = [0]
+    pixel_format = "Mono8" if image.ndim == 2 else "RGB8"
 
     def sender() -> None:
         """Owns ``push`` from here on (a socket is used and closed by one thread only)."""
         seq = 0
         while not stop.is_set():
             header = FrameHeader(camera="bench", seq=seq, slot=seq, t_capture_ns=time.time_ns(),
-                                 shape=image.shape, dtype="uint8", pixel_format="Mono8")
+                                 shape=image.shape, dtype="uint8", pixel_format=pixel_format)
             parts = encode_frame(header, image)
             while not stop.is_set():
                 if push.poll(100, zmq.POLLOUT):
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                                "zmq": zmq.zmq_version(), "pyzmq": zmq.__version__, "cases": []}
     with tempfile.TemporaryDirectory(prefix="linecam-bench-") as tmp:
         keys = generate_keys(Path(tmp) / "keys")
-        curve_cfg = TransportConfig(curve=CurveConfig(**keys))
+        curve_cfg = TransportConfig.model_validate({"curve": CurveConfig(**keys)})
         print(f"{'frame':>10} {'transport':>18} {'frames/s':>10} {'GB/s':>7} {'vs memcpy':>10}")
         for label, shape in SIZES.items():
             image = np.ascontiguousarray(rng.integers(0, 256, shape, dtype=np.uint8))
@@ -119,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:>10} {'memcpy (baseline)':>18} {base['frames_per_s']:10.0f} {base['gb_per_s']:7.2f} "
                   f"{1.0:10.3f}")
             cases = [
-                ("ipc", f"ipc://{tmp}/frames.sock", TransportConfig(), False),
-                ("ipc copy=True", f"ipc://{tmp}/frames2.sock", TransportConfig(), True),
+                ("ipc", f"ipc://{tmp}/frames.sock", TransportConfig.model_validate({}), False),
+                ("ipc copy=True", f"ipc://{tmp}/frames2.sock", TransportConfig.model_validate({}), True),
                 ("tcp+CURVE", f"tcp://127.0.0.1:{_free_port()}", curve_cfg, False),
                 ("tcp plain (ref)", f"tcp://127.0.0.1:{_free_port()}", None, False),
             ]

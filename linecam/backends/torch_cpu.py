@@ -59,7 +59,10 @@ def resolve_precision(precision: str) -> torch.dtype:
 
 
 class TorchCpuDetector(TorchGraphDetector):
-    """Runs the InferenceGraph on the CPU; build with :func:`open_torch_cpu` or directly from a GRDNet."""
+    """Runs the InferenceGraph on the CPU; build with :func:`open_torch_cpu` or directly from a GRDNet.
+
+    The detector takes ownership of ``grdnet``: it is converted in place (dtype, channels_last, frozen).
+    """
 
     backend = "torch-cpu"
 

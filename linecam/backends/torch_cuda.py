@@ -59,7 +59,7 @@ class _Captured:
 
 
 class TorchCudaDetector(TorchGraphDetector):
-    """InferenceGraph on CUDA; see the module docstring for the execution scheme."""
+    """InferenceGraph on CUDA; see the module docstring. Takes ownership of ``grdnet`` (moved in place)."""
 
     backend = "torch-cuda"
 

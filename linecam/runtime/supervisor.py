@@ -138,7 +138,7 @@ class Supervisor:
         self.config_path = rundir / "line.yaml"
         (rundir / "logs").mkdir(parents=True, exist_ok=True)
         (rundir / "notify").mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(_config_document(config), sort_keys=False))
+        self.config_path.write_text(yaml.safe_dump(config_document(config), sort_keys=False))
 
     # -- children -----------------------------------------------------------------------------
     def _child(self, name: str, *args: str) -> Child:
@@ -310,7 +310,7 @@ class Supervisor:
         return summary
 
 
-def _config_document(config: LineConfig) -> dict[str, Any]:
+def config_document(config: LineConfig) -> dict[str, Any]:
     """The resolved config as a YAML-able document with absolute paths, for the children to load."""
     doc = config.model_dump(mode="json", exclude={"source_path"})
     return doc

@@ -135,7 +135,7 @@ def test_cli_train_eval_predict(dataset: Path, tmp_path: Path, capsys: pytest.Ca
     assert read_card(model_dir).command.startswith("linecam ")
     metrics_json = tmp_path / "metrics.json"
     rc = cmd_eval(parser.parse_args(["eval", "--model", str(model_dir), "--data", str(dataset), "--json",
-                                     str(metrics_json), "--report", str(tmp_path / "report")]))
+                                     str(metrics_json), "--report", str(tmp_path / "report"), "--precision", "fp32"]))
     assert rc == 0
     m = json.loads(metrics_json.read_text())
     for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "outside_roi_false_reject_rate"):
@@ -150,7 +150,7 @@ def test_cli_train_eval_predict(dataset: Path, tmp_path: Path, capsys: pytest.Ca
     images = sorted((dataset / "test" / "spot").glob("*.png"))[:2]
     pred_json = tmp_path / "pred.json"
     rc = cmd_predict(parser.parse_args(["predict", "--model", str(model_dir), "--json", str(pred_json),
-                                        "--heatmaps", str(tmp_path / "hm"), *map(str, images)]))
+                                        "--heatmaps", str(tmp_path / "hm"), *map(str, images)]))  # bf16 path
     assert rc == 0
     res = json.loads(pred_json.read_text())["results"]
     assert [r["decision"] in ("accept", "reject") for r in res] == [True, True]

@@ -1,0 +1,134 @@
+"""The whole line, measured: end-to-end latency p50/p99, sustained frames/s, and the transport ratio.
+
+Runs ``linecam run`` (the real process tree: gate, infer, one acquire per camera) for N seconds on the demo
+config and reads the gate's audit log. Baselines measured in the same run: the offered frame rate (sum of
+the cameras' fps, so "sustained / offered" is 1.0 when the line keeps up) and, for the transport, a plain
+memcpy of one camera frame against the line's ipc PUSH/PULL path (see bench/transport.py).
+
+    .venv/bin/python bench/pipeline.py --seconds 20                       # config/demo.yaml, model/demo
+    .venv/bin/python bench/pipeline.py --seconds 20 --random-model 128    # no trained model needed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from transport import memcpy_rate, zmq_rate  # noqa: E402  (bench/transport.py, a sibling script)
+
+from linecam.config import LineConfig, TransportConfig, load_config  # noqa: E402
+from linecam.runtime.sources.config import SyntheticSourceConfig  # noqa: E402
+from linecam.runtime.supervisor import config_document  # noqa: E402
+
+
+def _random_model(folder: Path, size: int) -> Path:
+    import torch
+
+    from linecam.grdnet.model import build_grdnet
+    from linecam.grdnet.modeldir import ModelCard, save_model_dir
+    from linecam.grdnet.profiles import get_profile
+
+    torch.manual_seed(0)
+    profile = get_profile("fast", image_size=size)
+    card = ModelCard(name="bench", version="random", profile=profile, input_size=(size, size),
+                     roi_variant="learned_silence", threshold=0.5)
+    save_model_dir(folder, build_grdnet(profile).eval(), card)
+    return folder
+
+
+def _bench_config(config: LineConfig, tmp: Path, random_model: int | None) -> Path:
+    doc = config_document(config)
+    if random_model:
+        model = _random_model(tmp / "model", random_model)
+        doc["models"] = {name: {"path": str(model)} for name in doc["models"]}
+    doc["gate"]["audit_log"] = str(tmp / "audit.jsonl")
+    for key in ("infer", "gate"):
+        doc[key]["metrics_port"] = 0
+    doc["acquire"] = {"metrics_base_port": 0}
+    doc["runtime_dir"] = None
+    for cam in doc["cameras"]:
+        if cam["source"]["kind"] == "synthetic" and not cam["source"].get("prerender"):
+            cam["source"]["prerender"] = 32  # measure the line, not the renderer
+    path = tmp / "line.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _line_figures(audit: Path, offered_fps: float) -> dict[str, Any]:
+    records = [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
+    if len(records) < 2:
+        raise SystemExit(f"{audit}: fewer than 2 verdicts; see the run output above")
+    decided = np.array(sorted(r["t_decided_ns"] for r in records), dtype=np.float64)
+    lat = np.array([r["latency_ms"] for r in records])
+    by_reason: dict[str, int] = {}
+    for r in records:
+        key = f"{r['decision']}/{r['reason']}"
+        by_reason[key] = by_reason.get(key, 0) + 1
+    span_s = (decided[-1] - decided[0]) / 1e9
+    sustained = (len(decided) - 1) / span_s
+    inspected = sum(r["reason"] in ("ok", "anomaly") for r in records)  # decided by the model, in time
+    return {"verdicts": len(records), "sustained_fps": sustained, "offered_fps": offered_fps,
+            "inspected_fps": inspected / span_s, "inspected_share": inspected / len(records),
+            "sustained_over_offered": sustained / offered_fps if offered_fps else None,
+            "latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p99": float(np.percentile(lat, 99)),
+            "by_reason": by_reason}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"))
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--random-model", type=int, default=None, metavar="SIZE",
+                        help="use a random-weight 'fast' model of SIZE px instead of the config's models")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.json"))
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    offered = sum(c.source.fps for c in config.cameras if isinstance(c.source, SyntheticSourceConfig))
+    with tempfile.TemporaryDirectory(prefix="linecam-pipeline-") as tmp_name:
+        tmp = Path(tmp_name)
+        bench_config = _bench_config(config, tmp, args.random_model)
+        cmd = [sys.executable, "-m", "linecam", "run", "--config", str(bench_config), "--duration",
+               str(args.seconds), "--summary", str(tmp / "summary.json")]
+        done = subprocess.run(cmd, text=True, capture_output=True)
+        print(done.stdout[-3000:], end="")
+        if done.returncode != 0:
+            print(done.stderr[-3000:], file=sys.stderr)
+            print(f"linecam run exited {done.returncode}", file=sys.stderr)
+        figures = _line_figures(tmp / "audit.jsonl", offered)
+    cam = config.cameras[0].source
+    shape = (cam.height, cam.width, cam.channels) if isinstance(cam, SyntheticSourceConfig) else (2048, 2448)
+    frame = np.random.default_rng(0).integers(0, 256, shape if shape[-1] != 1 else shape[:2], dtype=np.uint8)
+    with tempfile.TemporaryDirectory(prefix="lc-") as sock_dir:
+        ipc = zmq_rate(frame, f"ipc://{sock_dir}/f.sock", TransportConfig.model_validate({}), 1.0)
+    base = memcpy_rate(frame, 1.0)
+    figures["transport"] = {"frame_shape": list(frame.shape), "ipc_gb_per_s": ipc["gb_per_s"],
+                            "memcpy_gb_per_s": base["gb_per_s"], "ratio_vs_memcpy": ipc["gb_per_s"] / base["gb_per_s"],
+                            "ipc_frames_per_s": ipc["frames_per_s"]}
+    print(f"end-to-end latency  p50 {figures['latency_ms_p50']:.1f} ms   p99 {figures['latency_ms_p99']:.1f} ms")
+    print(f"sustained           {figures['sustained_fps']:.1f} frames/s of {offered:.1f} offered "
+          f"(ratio {figures['sustained_over_offered']:.3f})")
+    print(f"inspected in time   {figures['inspected_fps']:.1f} frames/s (share {figures['inspected_share']:.3f}; "
+          f"the rest are timeout/overload rejects)")
+    print(f"verdicts by reason  {figures['by_reason']}")
+    t = figures["transport"]
+    print(f"transport {tuple(t['frame_shape'])}: ipc {t['ipc_gb_per_s']:.2f} GB/s vs memcpy "
+          f"{t['memcpy_gb_per_s']:.2f} GB/s (ratio {t['ratio_vs_memcpy']:.3f}; {t['ipc_frames_per_s']:.0f} frames/s)")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0 if done.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -63,9 +63,29 @@ class LineInfo(_Strict):
 
 
 class ModelRef(_Strict):
-    """A model directory (``card.json`` + weights) inspected regions refer to by name."""
+    """A model inspected regions refer to by name: a fixed model directory (``path``) or a registry folder
+    ``model/<name>`` (``registry``) whose ``CURRENT`` pointer the worker follows and hot-swaps."""
 
-    path: Path
+    path: Path | None = None
+    registry: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelRef:
+        if (self.path is None) == (self.registry is None):
+            raise ValueError("give exactly one of 'path' (a model directory) or 'registry' (model/<name>)")
+        return self
+
+    def model_dir(self) -> Path:
+        """The model directory to load now: ``path``, or the version the registry's CURRENT points at."""
+        if self.path is not None:
+            return self.path
+        from linecam.lifecycle.registry import RegistryError, current_dir
+
+        assert self.registry is not None
+        try:
+            return current_dir(self.registry)
+        except RegistryError as exc:
+            raise ConfigError(f"models registry {self.registry}: {exc}") from None
 
 
 class CameraConfig(_Strict):
@@ -101,6 +121,13 @@ class TransportConfig(_Strict):
 
 class InferConfig(_Strict):
     backend: str = "auto"
+    #: how often the worker reads the CURRENT pointer of registry models (hot swap).
+    swap_poll_s: float = Field(1.0, gt=0, le=3600)
+    #: frames a swapped-in version must serve without error before the previous one is released; an error
+    #: before that rolls back to the previous version automatically.
+    swap_probation_frames: int = Field(50, ge=0, le=10_000_000)
+    #: |score| tolerance of the golden-image check of a new version (None: the card's own tolerance).
+    golden_tolerance: float | None = Field(None, gt=0, le=1)
     max_batch: int = Field(8, ge=1, le=1024)
     max_wait_ms: float = Field(4.0, ge=0, le=10_000)
     threads: int = Field(2, ge=1, le=256)
@@ -235,7 +262,11 @@ def _resolve(path: Path | None, base: Path) -> Path | None:
 
 
 def _resolve_paths(cfg: LineConfig, base: Path, source: str) -> LineConfig:
-    models = {name: ModelRef(path=_resolve(ref.path, base) or ref.path) for name, ref in cfg.models.items()}
+    models = {name: ModelRef(path=_resolve(ref.path, base), registry=_resolve(ref.registry, base))
+              for name, ref in cfg.models.items()}
+    for name, ref in models.items():
+        if ref.registry is not None and not ref.registry.is_dir():
+            raise ConfigError(f"{source}: models.{name}.registry: {ref.registry} is not a folder")
     cameras = []
     for i, cam in enumerate(cfg.cameras):
         src: Any = cam.source

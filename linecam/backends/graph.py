@@ -71,9 +71,6 @@ class InferenceGraph(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x = images_to_model_input(images, self.image_size, self.compute_dtype, self.always_resize)
         prob = self.grdnet(x).to(torch.float32)
-        if mask is not None:
-            # Applied here rather than through score_maps(prob, mask): its shape check calls int() on the
-            # batch size, which would freeze the ONNX batch dimension. Same product, then THE head.
-            prob = prob * masks_to_model_size(mask, self.image_size, self.always_resize)
-        scores, smoothed = score_maps(prob)
+        fixed = None if mask is None else masks_to_model_size(mask, self.image_size, self.always_resize)
+        scores, smoothed = score_maps(prob, fixed)
         return scores, smoothed

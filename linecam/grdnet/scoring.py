@@ -14,6 +14,7 @@ the same mean at a tenth of the cost.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -44,7 +45,10 @@ def score_maps(prob_map: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Te
     if mask is not None:
         if mask.dim() == 2:
             mask = mask[None, None]
-        ok = (
+        # The shape check reads concrete sizes; while tracing/exporting it would freeze the dynamic batch
+        # dimension into the graph, so it runs only in eager mode (the traced graph was checked eagerly).
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+        ok = tracing or (
             mask.dim() == 4
             and int(mask.shape[1]) == 1
             and int(mask.shape[0]) in (1, int(prob_map.shape[0]))

@@ -30,6 +30,7 @@ import zmq
 
 from linecam.backends.base import Detector, create_detector
 from linecam.config import ConfigError, LineConfig
+from linecam.lifecycle.hotswap import ModelWatcher, WatcherThread, swap_counter
 from linecam.runtime import sdnotify
 from linecam.runtime.messages import (
     BadFrame,
@@ -61,11 +62,21 @@ def card_threshold(model_dir: Path) -> float | None:
     return float(value) if value is not None else None
 
 
-def load_detectors(cfg: LineConfig, factory: Callable[..., Detector] = create_detector) -> dict[str, Detector]:
-    """Open every model the cameras' regions use, with the configured backend and thread count."""
-    used = sorted({r.model for cam in cfg.cameras for r in cam.region_list()})
-    return {name: factory(cfg.models[name].path, backend=cfg.infer.backend, threads=cfg.infer.threads)
-            for name in used}
+def used_models(cfg: LineConfig) -> list[str]:
+    """Names of the models some camera region uses."""
+    return sorted({r.model for cam in cfg.cameras for r in cam.region_list()})
+
+
+def load_detectors(cfg: LineConfig, factory: Callable[..., Detector] = create_detector,
+                   model_dirs: Mapping[str, Path] | None = None) -> dict[str, Detector]:
+    """Open every model the cameras' regions use, with the configured backend and thread count.
+
+    ``model_dirs`` pins the folder per model (the worker resolves registry pointers once, so the detector
+    and the thresholds it reads come from the same version); by default each reference is resolved here.
+    """
+    dirs = model_dirs or {name: cfg.models[name].model_dir() for name in used_models(cfg)}
+    return {name: factory(dirs[name], backend=cfg.infer.backend, threads=cfg.infer.threads)
+            for name in used_models(cfg)}
 
 
 def to_rgb8(image: np.ndarray, pixel_format: str) -> np.ndarray:
@@ -92,6 +103,18 @@ class _Region:
     config: RegionConfig
     threshold: float
     mask: np.ndarray | None  # uint8 (h, w), 0 = ignore
+
+
+@dataclass
+class _Probation:
+    """A freshly swapped-in version and the previous one, kept loaded until the new one proves itself."""
+
+    detector: Detector  # the PREVIOUS version's detector
+    model_dir: Path
+    threshold: float | None
+    version: str  # the new version on probation
+    previous_version: str
+    remaining: int  # frames (crops) the new version must still serve without error
 
 
 @dataclass
@@ -122,14 +145,29 @@ class InferWorker:
         metrics_port: int | None = None,
         ctx: zmq.Context[Any] | None = None,
         bind: bool = True,
+        detector_factory: Callable[..., Detector] = create_detector,
     ) -> None:
         self.cfg = cfg
         if bind:  # config errors (no runtime dir) before models load and servers start
             self.frames_endpoint = cfg.frames_endpoint()
             cfg.events_endpoint()
         self.metrics = metrics or LineMetrics(deadline_s=cfg.gate.deadline_ms / 1000.0)
-        self.detectors: dict[str, Detector] = dict(detectors) if detectors is not None else load_detectors(cfg)
+        self._factory = detector_factory
+        #: the folder each model was loaded from (for registry models: the version CURRENT pointed at).
+        self.model_dirs: dict[str, Path] = {name: cfg.models[name].model_dir() for name in used_models(cfg)}
+        self.detectors: dict[str, Detector] = (dict(detectors) if detectors is not None
+                                               else load_detectors(cfg, detector_factory, self.model_dirs))
+        self._card_thresholds: dict[str, float | None] = {}
         self.regions = self._resolve_regions()
+        self._probation: dict[str, _Probation] = {}
+        self.swap_counter = swap_counter(self.metrics.registry)
+        self.watchers = {
+            name: ModelWatcher(name, ref.registry, self.model_dirs[name].name, self._open_detector,
+                               self.swap_counter, warm=self._make_warmer(name),
+                               tolerance=cfg.infer.golden_tolerance)
+            for name, ref in cfg.models.items() if ref.registry is not None and name in self.model_dirs
+        }
+        self._watcher_thread = WatcherThread(list(self.watchers.values()), cfg.infer.swap_poll_s)
         self._deadline_ns = int(cfg.gate.deadline_ms * 1e6)
         self.rejects: RejectWriter | None = None
         if cfg.infer.warmup:
@@ -157,7 +195,7 @@ class InferWorker:
                      cfg.events_endpoint(), self.model_version)
 
     def _resolve_regions(self) -> dict[str, list[_Region]]:
-        card_cache: dict[str, float | None] = {}
+        card_cache = self._card_thresholds
         out: dict[str, list[_Region]] = {}
         for cam in self.cfg.cameras:
             regions = []
@@ -168,7 +206,7 @@ class InferWorker:
                 threshold = region.threshold
                 if threshold is None:
                     if region.model not in card_cache:
-                        card_cache[region.model] = card_threshold(self.cfg.models[region.model].path)
+                        card_cache[region.model] = card_threshold(self.model_dirs[region.model])
                     threshold = card_cache[region.model]
                 if threshold is None:
                     raise ConfigError(f"camera {cam.name} region {region.name}: threshold is null and the card of "
@@ -235,6 +273,27 @@ class InferWorker:
         return item
 
     def _run_model(self, model: str, entries: list[tuple[_Item, _Region, np.ndarray]], want_maps: bool) -> None:
+        probation = self._probation.get(model)
+        if probation is None:
+            self._run_detector(model, entries, want_maps)
+            return
+        failure = self._run_detector(model, entries, want_maps, fail_fast=True)
+        if failure is None:
+            probation.remaining -= len(entries)
+            if probation.remaining <= 0:
+                self._commit(model)
+            return
+        self._roll_back(model, failure)
+        for item, _, _ in entries:  # the previous version redoes the whole batch: no frame is lost
+            item.scores.clear()
+            item.maps.clear()
+            item.models.discard(model)
+        self._run_detector(model, entries, want_maps)
+
+    def _run_detector(self, model: str, entries: list[tuple[_Item, _Region, np.ndarray]], want_maps: bool,
+                      fail_fast: bool = False) -> str | None:
+        """Score ``entries`` with the model's detector. With ``fail_fast`` (a version on probation) an
+        exception or a non-finite score is returned as the failure text and no item is touched."""
         detector = self.detectors[model]
         shapes = {c.shape for _, _, c in entries}
         if len(shapes) == 1:
@@ -258,11 +317,15 @@ class InferWorker:
                 raise RuntimeError(f"detector returned {scores.shape[0]} scores for {len(entries)} crops")
         except Exception as exc:
             log.exception("model %s failed on a batch of %d crops", model, len(entries))
+            if fail_fast:
+                return f"{type(exc).__name__}: {exc}"
             for item, region, _ in entries:
                 if not item.reason:
                     item.reason = "error"
                     item.detail = f"model {model} region {region.config.name}: {type(exc).__name__}: {exc}"
-            return
+            return None
+        if fail_fast and not np.all(np.isfinite(scores)):
+            return f"non-finite scores {scores[~np.isfinite(scores)][:3].tolist()}"
         for i, (item, region, _) in enumerate(entries):
             value = float(scores[i])
             item.scores[region.config.name] = value
@@ -274,6 +337,103 @@ class InferWorker:
             self.metrics.anomaly_score.observe(value)
             if detection.maps is not None:
                 item.maps[region.config.name] = np.asarray(detection.maps[i])
+        return None
+
+    # -- hot swap ----------------------------------------------------------------------------------------
+    def _open_detector(self, path: Path) -> Detector:
+        return self._factory(path, backend=self.cfg.infer.backend, threads=self.cfg.infer.threads)
+
+    def _make_warmer(self, model: str) -> Callable[[Detector], None]:
+        """A function that runs a candidate on blank crops of every shape this model sees here, at batch
+        sizes 1 and max_batch, twice (the torch backends trace and specialise on the first calls)."""
+
+        def warm(detector: Detector) -> None:
+            shapes: set[tuple[int, int, bool]] = set()
+            for cam in self.cfg.cameras:
+                width = getattr(cam.source, "width", None)
+                height = getattr(cam.source, "height", None)
+                for region in self.regions.get(cam.name, []):
+                    if region.config.model != model:
+                        continue
+                    if region.config.box is not None:
+                        shapes.add((region.config.box[3], region.config.box[2], region.mask is not None))
+                    elif width is not None and height is not None:
+                        shapes.add((height, width, region.mask is not None))
+            h_in, w_in = detector.input_size
+            for h, w, masked in sorted(shapes):
+                for n in sorted({1, self.cfg.infer.max_batch}):
+                    crops = np.zeros((n, h, w, 3), np.uint8)
+                    masks = np.full((n, h_in, w_in), 255, np.uint8) if masked else None
+                    for _ in range(2):
+                        detector.detect(crops, masks=masks, return_maps=self.rejects is not None)
+
+        return warm
+
+    def apply_swaps(self) -> list[str]:
+        """Swap in every ready candidate (called between batches); returns the models swapped."""
+        swapped = []
+        for name, watcher in self.watchers.items():
+            candidate = watcher.take()
+            if candidate is None:
+                continue
+            if name in self._probation:  # a newer version arrived while one is on probation: settle that first
+                self._commit(name)
+            old_detector, old_dir = self.detectors[name], self.model_dirs[name]
+            old_threshold = self._card_thresholds.get(name)
+            self.detectors[name], self.model_dirs[name] = candidate.detector, candidate.path
+            self._card_thresholds[name] = candidate.threshold
+            try:
+                self.regions = self._resolve_regions()
+            except (ConfigError, ValueError) as exc:
+                self.detectors[name], self.model_dirs[name] = old_detector, old_dir
+                self._card_thresholds[name] = old_threshold
+                log.error("model %s: version %s REFUSED: %s", name, candidate.version, exc)
+                watcher.count("load_error")
+                candidate.detector.close()
+                continue
+            watcher.active_version = candidate.version
+            self._probation[name] = _Probation(old_detector, old_dir, old_threshold, watcher.active_version,
+                                               old_dir.name, self.cfg.infer.swap_probation_frames)
+            watcher.count("swapped")
+            self._publish_model_info()
+            log.info("model %s: swapped %s -> %s; previous kept until %d frames pass", name, old_dir.name,
+                     candidate.version, self.cfg.infer.swap_probation_frames)
+            swapped.append(name)
+            if self.cfg.infer.swap_probation_frames == 0:
+                self._commit(name)
+        return swapped
+
+    def _commit(self, model: str) -> None:
+        probation = self._probation.pop(model)
+        log.info("model %s: version %s served its probation; releasing %s", model, probation.version,
+                 probation.previous_version)
+        self.watchers[model].count("committed")
+        try:
+            probation.detector.close()
+        except Exception:
+            log.exception("closing the previous detector of %s failed", model)
+
+    def _roll_back(self, model: str, failure: str) -> None:
+        probation = self._probation.pop(model)
+        failed = self.detectors[model]
+        self.detectors[model], self.model_dirs[model] = probation.detector, probation.model_dir
+        self._card_thresholds[model] = probation.threshold
+        self.regions = self._resolve_regions()
+        watcher = self.watchers[model]
+        watcher.active_version = probation.previous_version
+        watcher.count("rolled_back")
+        self._publish_model_info()
+        log.error("model %s: version %s FAILED in service (%s); rolled back to %s (the CURRENT pointer is not "
+                  "changed; fix or move it)", model, probation.version, failure, probation.previous_version)
+        try:
+            failed.close()
+        except Exception:
+            log.exception("closing the failed detector of %s failed", model)
+
+    def _publish_model_info(self) -> None:
+        versions = sorted({d.model_version for d in self.detectors.values()})
+        self.model_version = ",".join(versions)
+        self.metrics.set_model(self.model_version, ",".join(sorted({d.backend for d in self.detectors.values()})))
 
     def process_batch(self, messages: Sequence[tuple[Sequence[Any], int]]) -> list[Verdict]:
         """One verdict per message, in order. ``messages``: (multipart frame, received wall-clock ns)."""
@@ -374,9 +534,12 @@ class InferWorker:
         poller = zmq.Poller()
         poller.register(self.frames_sock, zmq.POLLIN)
         sdnotify.ready(f"infer on {self.frames_endpoint}, models {self.model_version}")
+        self._watcher_thread.start()
         try:
             while not self._stop.is_set():
                 self.watchdog.tick()
+                if self.watchers:
+                    self.apply_swaps()
                 if not poller.poll(50):
                     continue
                 batch = self._collect(poller)
@@ -389,6 +552,13 @@ class InferWorker:
             self.close()
 
     def close(self) -> None:
+        self._watcher_thread.stop()
+        for probation in self._probation.values():
+            try:
+                probation.detector.close()
+            except Exception:
+                log.exception("closing a previous detector failed")
+        self._probation.clear()
         if self.rejects is not None:
             self.rejects.close()
         for sock in (self.frames_sock, self.events_sock):

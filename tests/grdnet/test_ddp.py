@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import torch
-from test_train import TINY, make_vial_dataset  # sibling test module (pytest rootdir import)
 
 from linecam.grdnet.model import build_grdnet
 from linecam.grdnet.profiles import get_profile
+from tests.grdnet.builders import TINY, make_vial_dataset
 
 
 def test_two_rank_cpu_ddp_ends_with_identical_weights(tmp_path: Path) -> None:

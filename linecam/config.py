@@ -8,11 +8,12 @@ own folder, so ``linecam run --config /etc/linecam/line.yaml`` works from any wo
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from linecam.runtime.regions import RegionConfig, RegionError, load_regions
 from linecam.runtime.sources.config import (
@@ -25,6 +26,7 @@ from linecam.runtime.sources.config import (
 __all__ = [
     "RUNTIME_DIR_ENV",
     "AcquireConfig",
+    "ArchiveConfig",
     "CameraConfig",
     "ConfigError",
     "CurveConfig",
@@ -140,6 +142,57 @@ class InferConfig(_Strict):
     metrics_port: int = Field(9110, ge=0, le=65535)
 
 
+#: reasons a rejected frame can carry when it reaches the worker (``overload`` never does).
+ArchiveReason = Literal["anomaly", "error", "bad_frame", "timeout"]
+ARCHIVE_REASONS: tuple[ArchiveReason, ...] = ("anomaly", "error", "bad_frame", "timeout")
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+               "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an int or a text like ``"20 GB"``, ``"500MiB"``, ``"1.5e9"`` (YAML reads ``20e9`` as text)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size in bytes, got {value!r}")
+    if isinstance(value, int | float):
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a size in bytes or a text like '20 GB', got {value!r}")
+    match = re.fullmatch(r"([0-9.]+(?:e[+-]?[0-9]+)?)([a-z]*)", value.strip().lower().replace(" ", ""))
+    if match is None or match.group(2) not in _SIZE_UNITS:
+        raise ValueError(f"size {value!r}: expected a number with an optional unit {sorted(_SIZE_UNITS)[1:]}")
+    try:
+        return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    except ValueError:
+        raise ValueError(f"size {value!r}: {match.group(1)!r} is not a number") from None
+
+
+class ArchiveConfig(_Strict):
+    """The inspection archive the worker keeps for review and retraining (``linecam.lifecycle.archive``).
+
+    Rejects with a reason in ``reasons`` are always archived, accepted frames at ``accept_sample_rate``
+    (chosen by a hash of camera and sequence number, so a run is reproducible and a carousel's period cannot
+    alias with the sample). ``max_bytes`` caps the day folders (oldest pruned first, down to
+    ``prune_to_fraction`` of the cap), ``max_age_days`` drops whole days; ``reviewed/`` is never pruned.
+    """
+
+    path: Path
+    accept_sample_rate: float = Field(0.01, ge=0.0, le=1.0)
+    reasons: list[ArchiveReason] = Field(
+        default_factory=lambda: list(ARCHIVE_REASONS))
+    max_bytes: int = Field(20 * 10**9, ge=1)
+    max_age_days: int = Field(30, ge=1, le=36500)
+    prune_to_fraction: float = Field(0.9, gt=0.0, le=1.0)
+    prune_interval_s: float = Field(60.0, gt=0, le=86400)
+    queue: int = Field(32, ge=1, le=10_000)
+    #: also store each region's raw map as a 16-bit PNG (value * 65535), next to the heatmap overlay.
+    save_maps: bool = True
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_size(value)
+
+
 class LogPlcConfig(_Strict):
     """Write every result as a JSON line (stdout, or ``path``): for the demo and for dry runs."""
 
@@ -188,6 +241,8 @@ class LineConfig(_Strict):
     infer: InferConfig = Field(default_factory=lambda: InferConfig.model_validate({}))
     gate: GateConfig = Field(default_factory=lambda: GateConfig.model_validate({}))
     acquire: AcquireConfig = Field(default_factory=lambda: AcquireConfig.model_validate({}))
+    #: rejects and sampled accepts with heatmaps and verdicts, for review and retraining (None: off).
+    archive: ArchiveConfig | None = None
     #: the file this config came from (set by load_config; None for configs built in code).
     source_path: Path | None = None
 
@@ -308,6 +363,8 @@ def _resolve_paths(cfg: LineConfig, base: Path, source: str) -> LineConfig:
     if isinstance(plc, LogPlcConfig) and plc.path is not None:
         plc = plc.model_copy(update={"path": _resolve(plc.path, base)})
     gate = cfg.gate.model_copy(update={"audit_log": _resolve(cfg.gate.audit_log, base), "plc": plc})
+    archive = (cfg.archive.model_copy(update={"path": _resolve(cfg.archive.path, base)})
+               if cfg.archive is not None else None)
     return cfg.model_copy(
         update={
             "runtime_dir": _resolve(cfg.runtime_dir, base),
@@ -316,6 +373,7 @@ def _resolve_paths(cfg: LineConfig, base: Path, source: str) -> LineConfig:
             "transport": transport,
             "infer": infer,
             "gate": gate,
+            "archive": archive,
             "source_path": Path(source),
         }
     )

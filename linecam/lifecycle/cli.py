@@ -1,4 +1,4 @@
-"""``linecam publish | models | calibrate``: the model lifecycle commands.
+"""``linecam publish | models | calibrate | archive | dataset``: the model lifecycle commands.
 
 Registration imports nothing heavy. Handlers return 0 on success and 2 on bad input, with a message on
 stderr naming the folder, file or version.
@@ -17,7 +17,8 @@ EXIT_BAD_INPUT = 2
 
 
 def register(subparsers: Any) -> None:
-    """Add publish, models (list/show/promote/rollback/verify) and calibrate (threshold/roi)."""
+    """Add publish, models (list/show/promote/rollback/verify), calibrate (threshold/roi), archive
+    (prune/status) and dataset (from-archive)."""
     p = subparsers.add_parser("publish", help="publish MODEL_DIR as an immutable version model/<name>/<version>")
     p.add_argument("model_dir", type=Path)
     p.add_argument("--name", required=True, help="model name (folder under the registry)")
@@ -70,6 +71,33 @@ def register(subparsers: Any) -> None:
     rg.add_argument("--mask", type=Path, help="a mask PNG of the image's size (white = inspect)")
     r.add_argument("--out", required=True, type=Path, help="calibration/<station>/<camera>")
     r.set_defaults(func=cmd_roi)
+
+    a = subparsers.add_parser("archive", help="the inspection archive: apply size cap and retention, show usage")
+    asub = a.add_subparsers(dest="archive_command", metavar="ACTION", required=True)
+    ap = asub.add_parser("prune", help="delete days older than the retention, then the oldest items over the cap "
+                                       "(the worker also does this by itself)")
+    ap.add_argument("archive", nargs="?", type=Path, help="archive folder (default: archive.path of --config)")
+    ap.add_argument("--config", type=Path, default=None, help="line config whose archive: section gives the limits")
+    ap.add_argument("--max-bytes", default=None, help="size cap of the day folders, e.g. 20GB, 500MiB")
+    ap.add_argument("--max-age-days", type=int, default=None)
+    ap.add_argument("--prune-to", type=float, default=None, help="fraction of the cap to prune down to (0.9)")
+    ap.set_defaults(func=cmd_archive_prune)
+    st = asub.add_parser("status", help="bytes, days, items per decision, reviewed and unreviewed frames")
+    st.add_argument("archive", type=Path)
+    st.set_defaults(func=cmd_archive_status)
+
+    d = subparsers.add_parser("dataset", help="build a training dataset from line data")
+    dsub = d.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    fa = dsub.add_parser("from-archive", help="reviewed archive frames -> linecam dataset (train/good, val/...)")
+    fa.add_argument("archive", type=Path, help="archive folder holding reviewed/good and reviewed/<kind>")
+    fa.add_argument("--out", required=True, type=Path, help="new (or empty) dataset folder")
+    fa.add_argument("--val-share", type=float, default=0.2, help="share of good images put in val (default 0.2)")
+    fa.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    fa.add_argument("--roi", type=Path, default=None,
+                    help="calibration roi.png (frame size); default: full-frame ROI")
+    fa.add_argument("--require-masks", action="store_true",
+                    help="refuse defects without a drawn <name>_mask.png (default: ROI stands in)")
+    fa.set_defaults(func=cmd_from_archive)
 
 
 def _err(msg: object) -> int:
@@ -173,4 +201,74 @@ def cmd_roi(args: argparse.Namespace) -> int:
     except _errors() as exc:
         return _err(exc)
     print(f"wrote {path} and {path.with_name('roi_preview.png')}")
+    return 0
+
+
+def cmd_archive_prune(args: argparse.Namespace) -> int:
+    from linecam.config import load_config, parse_size
+    from linecam.lifecycle.archive import prune_archive
+
+    try:
+        cfg = None
+        if args.config is not None:
+            cfg = load_config(args.config).archive
+            if cfg is None:
+                return _err(f"{args.config}: no archive: section")
+        root = args.archive or (cfg.path if cfg is not None else None)
+        max_bytes = parse_size(args.max_bytes) if args.max_bytes is not None else (cfg.max_bytes if cfg else None)
+        max_age = args.max_age_days if args.max_age_days is not None else (cfg.max_age_days if cfg else None)
+        prune_to = args.prune_to if args.prune_to is not None else (cfg.prune_to_fraction if cfg else 0.9)
+        missing = [n for n, v in (("ARCHIVE", root), ("--max-bytes", max_bytes), ("--max-age-days", max_age))
+                   if v is None]
+        if missing:
+            return _err(f"archive prune: give {', '.join(missing)} (or --config with an archive: section)")
+        assert root is not None and max_bytes is not None and max_age is not None
+        if not Path(root).is_dir():
+            return _err(f"{root}: archive folder does not exist")
+        result = prune_archive(Path(root), int(max_bytes), int(max_age), prune_to)
+    except _errors() as exc:  # ConfigError is a ValueError
+        return _err(exc)
+    print(f"{root}: removed {result.files['age']} file(s) older than {max_age} days "
+          f"({len(result.removed_days)} day folder(s) gone) and {result.files['cap']} file(s) over the cap; "
+          f"{result.remaining_bytes} bytes remain (cap {max_bytes})")
+    return 0
+
+
+def cmd_archive_status(args: argparse.Namespace) -> int:
+    from linecam.lifecycle.archive import archive_bytes, day_folders
+    from linecam.lifecycle.from_archive import collect_reviewed, count_unreviewed
+
+    root: Path = args.archive
+    try:
+        if not root.is_dir():
+            return _err(f"{root}: archive folder does not exist")
+        days = day_folders(root)
+        per_decision = {d: sum(1 for _, day in days for _ in day.glob(f"*/{d}/*_verdict.json"))
+                        for d in ("reject", "accept")}
+        print(f"{root}: {archive_bytes(root)} bytes in {len(days)} day folder(s)"
+              + (f" ({days[0][1].name} .. {days[-1][1].name})" if days else ""))
+        print(f"  archived items: {per_decision['reject']} reject, {per_decision['accept']} accept; "
+              f"{count_unreviewed(root)} frame(s) not reviewed yet")
+        if (root / "reviewed").is_dir():
+            images, ignored = collect_reviewed(root)
+            kinds: dict[str, int] = {}
+            for img in images:
+                kinds[img.kind] = kinds.get(img.kind, 0) + 1
+            print("  reviewed: " + (", ".join(f"{k}={n}" for k, n in sorted(kinds.items())) or "none")
+                  + (f"; {len(ignored)} non-image file(s) ignored" if ignored else ""))
+    except _errors() as exc:
+        return _err(exc)
+    return 0
+
+
+def cmd_from_archive(args: argparse.Namespace) -> int:
+    from linecam.lifecycle.from_archive import build_dataset
+
+    try:
+        result = build_dataset(args.archive, args.out, val_share=args.val_share, seed=args.seed, roi=args.roi,
+                               require_masks=args.require_masks)
+    except _errors() as exc:
+        return _err(exc)
+    print(result.summary())
+    print(f"checked: {result.check.images if result.check else 0} images pass `linecam data check`")
     return 0

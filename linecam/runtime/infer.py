@@ -5,7 +5,9 @@ Why this shape: the worker batches across cameras (up to ``max_batch`` frames, w
 is what makes a small CPU or one GPU keep up with several cameras. Every failure is turned into a verdict
 instead of an exception: a frame that cannot be decoded or does not fit its regions gets ``bad_frame``, a
 backend that throws (or returns a non-finite score) gets ``error`` (reject) for the frames of that batch,
-and the loop serves the next batch. Reject images are saved by a background writer, never on the hot path.
+and the loop serves the next batch. Reject images (``infer.reject_dir``) and the inspection archive
+(``archive:``, rejects plus a sample of accepts, see :mod:`linecam.lifecycle.archive`) are written by
+background writers with bounded queues, never on the hot path.
 
 :meth:`InferWorker.process_batch` is the socket-free core (tests feed it messages directly);
 :meth:`InferWorker.run` adds the frames socket, batching, the verdict socket, metrics and sd_notify.
@@ -30,6 +32,7 @@ import zmq
 
 from linecam.backends.base import Detector, create_detector
 from linecam.config import ConfigError, LineConfig
+from linecam.lifecycle.archive import ArchiveError, ArchiveWriter
 from linecam.lifecycle.hotswap import ModelWatcher, WatcherThread, swap_counter
 from linecam.runtime import sdnotify
 from linecam.runtime.messages import (
@@ -170,6 +173,10 @@ class InferWorker:
         self._watcher_thread = WatcherThread(list(self.watchers.values()), cfg.infer.swap_poll_s)
         self._deadline_ns = int(cfg.gate.deadline_ms * 1e6)
         self.rejects: RejectWriter | None = None
+        self.archive: ArchiveWriter | None = None
+        #: maps are fetched from the detector only when a writer will use them (decided before the warm-up,
+        #: so the warm-up runs the same graph as the live batches).
+        self.want_maps = (cfg.infer.reject_dir is not None and cfg.infer.save_rejects) or cfg.archive is not None
         if cfg.infer.warmup:
             self.warm_up()
         versions = sorted({d.model_version for d in self.detectors.values()})
@@ -180,6 +187,11 @@ class InferWorker:
         self.metrics_port = start_metrics_server(self.metrics, port) if port >= 0 else -1
         if cfg.infer.reject_dir is not None and cfg.infer.save_rejects:
             self.rejects = RejectWriter(cfg.infer.reject_dir, cfg.infer.reject_queue, self.metrics)
+        if cfg.archive is not None:
+            try:
+                self.archive = ArchiveWriter(cfg.archive, self.metrics.registry)
+            except ArchiveError as exc:
+                raise ConfigError(f"{cfg.source_path or 'config'}: {exc.problems[0]}") from None
         self._stop = threading.Event()
         self.watchdog = sdnotify.Watchdog()
         self.verdicts_sent = 0
@@ -365,7 +377,7 @@ class InferWorker:
                     crops = np.zeros((n, h, w, 3), np.uint8)
                     masks = np.full((n, h_in, w_in), 255, np.uint8) if masked else None
                     for _ in range(2):
-                        detector.detect(crops, masks=masks, return_maps=self.rejects is not None)
+                        detector.detect(crops, masks=masks, return_maps=self.want_maps)
 
         return warm
 
@@ -453,9 +465,8 @@ class InferWorker:
                 continue
             for region in self.regions[item.camera]:
                 groups.setdefault(region.config.model, []).append((item, region, crop(item.rgb, region.config)))
-        want_maps = self.rejects is not None
         for model, entries in groups.items():
-            self._run_model(model, entries, want_maps)
+            self._run_model(model, entries, self.want_maps)
         infer_done = now_ns()
         if groups:
             self.metrics.stage_latency.labels(stage="infer").observe((infer_done - batch_start) / 1e9)
@@ -482,13 +493,21 @@ class InferWorker:
             model_version=",".join(versions) or self.model_version, timestamps=timestamps, detail=item.detail,
         )
         if decision == "reject" and self.rejects is not None and item.rgb is not None:
-            boxes = {}
-            for r in regions:
-                h, w = item.rgb.shape[:2]
-                boxes[r.config.name] = (r.config.box or (0, 0, w, h), item.maps.get(r.config.name))
-            self.rejects.submit(RejectImage(item.camera, item.seq, item.slot, reason, np.array(item.rgb), boxes,
-                                            dict(item.scores)))
+            self.rejects.submit(RejectImage(item.camera, item.seq, item.slot, reason, np.array(item.rgb),
+                                            self._region_maps(item, regions), dict(item.scores)))
+        if self.archive is not None:  # decides itself (reason, accept sample) and copies only what it keeps
+            truth = item.header.truth.model_dump() if item.header is not None and item.header.truth else None
+            self.archive.offer(verdict, item.rgb, self._region_maps(item, regions) if item.rgb is not None else None,
+                               truth)
         return verdict
+
+    @staticmethod
+    def _region_maps(item: _Item, regions: list[_Region]
+                     ) -> dict[str, tuple[tuple[int, int, int, int], np.ndarray | None]]:
+        """Per region: its box in frame pixels (full frame when it has none) and its map, if one was made."""
+        assert item.rgb is not None
+        h, w = item.rgb.shape[:2]
+        return {r.config.name: (r.config.box or (0, 0, w, h), item.maps.get(r.config.name)) for r in regions}
 
     # -- the loop --------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -561,6 +580,8 @@ class InferWorker:
         self._probation.clear()
         if self.rejects is not None:
             self.rejects.close()
+        if self.archive is not None:
+            self.archive.close()
         for sock in (self.frames_sock, self.events_sock):
             if sock is not None:
                 sock.close(0)

@@ -1,0 +1,321 @@
+"""``linecam dataset from-archive``: reviewed archive items -> a dataset in linecam's layout.
+
+Review convention (chosen over a ``review.jsonl`` file because the archive prunes its day folders: an item a
+person has judged must survive retention, and moving a file in a file manager is the review tool every
+quality engineer already has)::
+
+    <archive>/reviewed/good/<name>.png                       good
+    <archive>/reviewed/<kind>/<name>.png                     a real defect of ``kind`` (lower case: particle, ...)
+    <archive>/reviewed/<kind>/<name>_mask.png                optional defect mask (white = defect, same size)
+
+Sidecars moved along with a frame (``_heatmap``, ``_map-*``, ``_verdict.json``) are ignored. Sub-folders of a
+kind folder are read too. Frames still in the day folders are unreviewed: skipped and counted.
+
+Output: reviewed good images are split into ``train/good`` and ``val/good`` (``val_share``, seeded);
+reviewed defects go to ``val/<kind>`` only (GRD-Net trains on good images only; val calibrates the threshold).
+Every image gets an ROI (the calibration ``roi.png`` when given, else the full frame). A defect without a
+mask gets the ROI as its mask (the defect is "somewhere in the inspected area": image-level labels stay
+exact, pixel metrics on such images are not meaningful; ``labels.jsonl`` marks them ``"mask_source": "roi"``)
+unless ``require_masks`` is set. Everything is checked before the first file is written, every problem
+names its file, and the result is verified with :func:`linecam.synth.layout.check_dataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from linecam.lifecycle.archive import MASK_SUFFIX, REVIEWED_DIR, ArchiveError, day_folders, is_sidecar
+from linecam.synth.layout import GOOD_KINDS, IMAGE_SUFFIXES, CheckReport, DatasetError, check_dataset
+
+__all__ = ["FromArchiveResult", "ReviewedImage", "build_dataset", "collect_reviewed", "count_unreviewed"]
+
+_KIND = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+GENERATOR = "linecam dataset from-archive"
+
+
+@dataclass(frozen=True)
+class ReviewedImage:
+    """One reviewed frame: its file, the label (``good`` or a defect kind) and its mask file, if drawn."""
+
+    path: Path
+    kind: str
+    mask_path: Path | None = None
+
+
+@dataclass
+class FromArchiveResult:
+    """What :func:`build_dataset` wrote (counts per split and kind) and what it skipped."""
+
+    out: Path
+    counts: dict[str, dict[str, int]]
+    unreviewed: int
+    duplicates: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    masks_from_roi: int = 0
+    check: CheckReport | None = None
+
+    def summary(self) -> str:
+        lines = [f"{self.out}: " + "; ".join(f"{s} " + ", ".join(f"{k}={n}" for k, n in kinds.items())
+                                          for s, kinds in self.counts.items())]
+        lines.append(f"  skipped: {self.unreviewed} unreviewed frame(s) in the day folders, "
+                     f"{len(self.duplicates)} duplicate(s), {len(self.ignored)} non-image file(s)")
+        if self.masks_from_roi:
+            lines.append(f"  {self.masks_from_roi} defect(s) without a drawn mask: mask = ROI (image-level label only)")
+        lines.extend(f"  duplicate: {d}" for d in self.duplicates[:20])
+        lines.extend(f"  ignored: {p}" for p in self.ignored[:20])
+        return "\n".join(lines)
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def count_unreviewed(archive: Path) -> int:
+    """Frames still in the day folders (not moved into ``reviewed/``)."""
+    return sum(1 for _, day in day_folders(Path(archive)) for p in day.rglob("*")
+               if p.is_file() and _is_image(p) and not is_sidecar(p))
+
+
+def collect_reviewed(archive: Path) -> tuple[list[ReviewedImage], list[str]]:
+    """The reviewed frames (sorted by path) and the non-image files found among them (ignored, reported).
+
+    Raises ArchiveError naming every misplaced file, bad kind folder, orphan mask or mask on a good image.
+    """
+    archive = Path(archive)
+    reviewed = archive / REVIEWED_DIR
+    if not archive.is_dir():
+        raise ArchiveError([f"{archive}: archive folder does not exist"])
+    if not reviewed.is_dir():
+        raise ArchiveError([f"{reviewed}: no reviewed folder; move reviewed frames into {reviewed}/good/ and "
+                            f"{reviewed}/<kind>/ first"])
+    problems: list[str] = []
+    ignored: list[str] = []
+    images: list[ReviewedImage] = []
+    for entry in sorted(reviewed.iterdir()):
+        if not entry.is_dir():
+            problems.append(f"{entry}: a file directly in {REVIEWED_DIR}/ has no label; move it into "
+                            f"{REVIEWED_DIR}/good/ or {REVIEWED_DIR}/<kind>/")
+            continue
+        kind = entry.name
+        if not _KIND.match(kind):
+            problems.append(f"{entry}: kind folder name {kind!r} must be lower case letters, digits and '_' "
+                            "(e.g. good, particle, outside_roi)")
+            continue
+        files = sorted(p for p in entry.rglob("*") if p.is_file() and not p.name.startswith("."))
+        frames = {p.with_suffix(""): p for p in files if _is_image(p) and not is_sidecar(p)}
+        masks = {p for p in files if _is_image(p) and p.stem.endswith(MASK_SUFFIX)}
+        for mask in sorted(masks):
+            owner = mask.with_name(mask.stem[: -len(MASK_SUFFIX)])
+            if owner not in frames:
+                problems.append(f"{mask}: mask without its frame (expected {owner.name}.png next to it)")
+            elif kind == "good":
+                problems.append(f"{mask}: a defect mask in {REVIEWED_DIR}/good/ contradicts the label good; "
+                                "move the frame and mask to the defect's kind folder, or delete the mask")
+        for stem, frame in sorted(frames.items()):
+            mask_path = next((m for m in masks if m.with_name(m.stem[: -len(MASK_SUFFIX)]) == stem), None)
+            images.append(ReviewedImage(frame, kind, mask_path if kind != "good" else None))
+        ignored.extend(str(p) for p in files if not _is_image(p) and not is_sidecar(p))
+    if problems:
+        raise ArchiveError(problems)
+    return images, ignored
+
+
+def _read_rgb_bgr(path: Path, problems: list[str]) -> np.ndarray | None:
+    """The image as 8-bit 3-channel BGR (gray replicated, alpha dropped); None (and a problem) otherwise."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        problems.append(f"{path}: image unreadable")
+        return None
+    if img.dtype != np.uint8:
+        problems.append(f"{path}: expected an 8-bit image, got {img.dtype} (archive frames are 8-bit RGB PNG)")
+        return None
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.shape[2] == 4:
+        return np.ascontiguousarray(img[:, :, :3])
+    if img.shape[2] == 3:
+        return img
+    problems.append(f"{path}: expected 1, 3 or 4 channels, got {img.shape[2]}")
+    return None
+
+
+def _read_binary(path: Path, hw: tuple[int, int], what: str, owner: Path | None,
+                 problems: list[str]) -> np.ndarray | None:
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        problems.append(f"{path}: {what} unreadable")
+        return None
+    if m.shape != hw:
+        of = f" of {owner}" if owner is not None else ""
+        problems.append(f"{path}: {what} is {m.shape[1]}x{m.shape[0]}, the image{of} is {hw[1]}x{hw[0]}")
+        return None
+    out = np.where(m > 127, 255, 0).astype(np.uint8)
+    if not out.any():
+        problems.append(f"{path}: {what} is empty (no pixel above 127)")
+        return None
+    return out
+
+
+def _split_good(good: list[ReviewedImage], val_share: float, seed: int) -> tuple[list[ReviewedImage],
+                                                                                  list[ReviewedImage]]:
+    """(train, val): ``round(n * val_share)`` to val, at least one each side when there are two or more."""
+    n = len(good)
+    n_val = round(n * val_share)
+    if val_share > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    n_val = min(n_val, max(n - 1, 0))
+    order = np.random.default_rng(seed).permutation(n)
+    val_idx = set(order[:n_val].tolist())
+    return ([g for i, g in enumerate(good) if i not in val_idx], [g for i, g in enumerate(good) if i in val_idx])
+
+
+def _bbox(mask: np.ndarray) -> list[int]:
+    x, y, w, h = cv2.boundingRect(mask)
+    return [int(x), int(y), int(w), int(h)]
+
+
+def build_dataset(archive: str | Path, out: str | Path, val_share: float = 0.2, seed: int = 0,
+                  roi: str | Path | None = None, require_masks: bool = False) -> FromArchiveResult:
+    """Turn ``<archive>/reviewed/`` into a linecam dataset at ``out`` (which must not exist or be empty)."""
+    archive, out = Path(archive), Path(out)
+    if not 0.0 <= val_share < 1.0:
+        raise ArchiveError([f"--val-share {val_share}: must be in [0, 1) (train needs good images)"])
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArchiveError([f"{out}: output exists and is not an empty folder; choose a new one"])
+    images, ignored = collect_reviewed(archive)
+    problems: list[str] = []
+    if not any(i.kind == "good" for i in images):
+        problems.append(f"{archive / REVIEWED_DIR / 'good'}: no reviewed good images (GRD-Net trains on good "
+                        "images only)")
+
+    # pass 1: read and check everything; nothing is written while a problem remains
+    sizes: Counter[tuple[int, int]] = Counter()
+    shape_of: dict[Path, tuple[int, int]] = {}
+    first_of_hash: dict[str, ReviewedImage] = {}
+    keep: list[ReviewedImage] = []
+    duplicates: list[str] = []
+    for rec in images:
+        img = _read_rgb_bgr(rec.path, problems)
+        if img is None:
+            continue
+        hw = (int(img.shape[0]), int(img.shape[1]))
+        digest = hashlib.sha1(img.tobytes() + repr(img.shape).encode()).hexdigest()
+        seen = first_of_hash.get(digest)
+        if seen is not None:
+            if seen.kind != rec.kind:
+                problems.append(f"{rec.path}: identical pixels to {seen.path}, but labelled {rec.kind!r} there "
+                                f"{seen.kind!r}; keep one")
+            else:
+                duplicates.append(f"{rec.path} = {seen.path}")
+            continue
+        first_of_hash[digest] = rec
+        sizes[hw] += 1
+        shape_of[rec.path] = hw
+        keep.append(rec)
+    if not sizes:  # nothing readable: the problems above say why
+        raise ArchiveError(problems or [f"{archive / REVIEWED_DIR}: no reviewed images"])
+    size = sizes.most_common(1)[0][0]
+    for rec in keep:
+        if shape_of[rec.path] != size:
+            h, w = shape_of[rec.path]
+            problems.append(f"{rec.path}: {w}x{h} differs from the other reviewed images ({size[1]}x{size[0]}); "
+                            "a dataset holds one camera's frames")
+    roi_mask = (_read_binary(Path(roi), size, "ROI", None, problems) if roi is not None
+                else np.full(size, 255, np.uint8))
+    masks: dict[Path, np.ndarray] = {}
+    for rec in keep:
+        if rec.kind == "good" or shape_of[rec.path] != size:
+            continue
+        if rec.mask_path is not None:
+            m = _read_binary(rec.mask_path, size, "defect mask", rec.path, problems)
+            if m is None:
+                continue
+            if rec.kind == "outside_roi" and roi_mask is not None and np.any((m > 0) & (roi_mask > 0)):
+                problems.append(f"{rec.mask_path}: an outside_roi defect must lie outside the ROI, this mask "
+                                "overlaps it")
+            masks[rec.path] = m
+        elif rec.kind == "outside_roi":
+            problems.append(f"{rec.path}: an outside_roi image needs its mask ({rec.path.stem}{MASK_SUFFIX}.png): "
+                            "the ROI cannot stand in for a defect that lies outside it")
+        elif require_masks:
+            problems.append(f"{rec.path}: defect mask missing ({rec.path.stem}{MASK_SUFFIX}.png; --require-masks)")
+    if problems:
+        raise ArchiveError(problems)
+    assert roi_mask is not None
+
+    # pass 2: write
+    good = [r for r in keep if r.kind == "good"]
+    train_good, val_good = _split_good(good, val_share, seed)
+    plan = [("train", r) for r in train_good] + [("val", r) for r in val_good]
+    plan += [("val", r) for r in keep if r.kind != "good"]
+    numbers: Counter[tuple[str, str]] = Counter()
+    lines: list[str] = []
+    masks_from_roi = 0
+    out.mkdir(parents=True, exist_ok=True)
+    for split, rec in plan:
+        n = numbers[(split, rec.kind)]
+        numbers[(split, rec.kind)] += 1
+        rel = Path(split) / rec.kind / f"{n:04d}.png"
+        for folder in ("", "roi", "ground_truth"):
+            if folder != "ground_truth" or rec.kind != "good":
+                (out / folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        problems_w: list[str] = []
+        img = _read_rgb_bgr(rec.path, problems_w)
+        if img is None:  # changed since pass 1
+            raise ArchiveError(problems_w)
+        cv2.imwrite(str(out / rel), img)
+        cv2.imwrite(str(out / "roi" / rel), roi_mask)
+        entry: dict[str, Any] = {"path": str(rel), "split": split, "kind": rec.kind,
+                                 "line_label": "good" if rec.kind in GOOD_KINDS else "defect",
+                                 "mask": None, "roi": str(Path("roi") / rel), "defects": [],
+                                 "source": str(rec.path.relative_to(archive))}
+        if rec.kind != "good":
+            mask = masks.get(rec.path)
+            if mask is None:
+                mask, entry["mask_source"] = roi_mask, "roi"
+                masks_from_roi += 1
+            else:
+                entry["mask_source"] = "file"
+            cv2.imwrite(str(out / "ground_truth" / rel), mask)
+            entry["mask"] = str(Path("ground_truth") / rel)
+            entry["defects"] = [{"kind": rec.kind, "bbox": _bbox(mask)}]
+        lines.append(json.dumps(entry, sort_keys=True))
+    counts: dict[str, dict[str, int]] = {}
+    for (split, kind), n in sorted(numbers.items()):
+        counts.setdefault(split, {})[kind] = n
+    unreviewed = count_unreviewed(archive)
+    (out / "labels.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    manifest = {
+        "format": "linecam-dataset",
+        "format_version": 1,
+        "generator": GENERATOR,
+        "source_archive": str(archive.resolve()),
+        "seed": seed,
+        "val_share": val_share,
+        "image_size": list(size),
+        "channels": 3,
+        "roi": str(Path(roi).resolve()) if roi is not None else "full frame",
+        "defect_kinds": sorted({r.kind for r in keep if r.kind not in GOOD_KINDS}),
+        "unseen_kinds": [],
+        "splits": counts,
+        "masks_from_roi": masks_from_roi,
+        "skipped": {"unreviewed": unreviewed, "duplicates": len(duplicates), "ignored_files": len(ignored)},
+    }
+    (out / "dataset.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    try:
+        report = check_dataset(out)
+    except DatasetError as exc:  # a bug here, not the reviewer's: say so with the checker's list
+        raise ArchiveError([f"{out}: the written dataset fails its check (please report): {p}"
+                            for p in exc.problems]) from None
+    return FromArchiveResult(out=out, counts=counts, unreviewed=unreviewed, duplicates=duplicates,
+                             ignored=ignored, masks_from_roi=masks_from_roi, check=report)

@@ -249,7 +249,10 @@ class InferWorker:
         live_metrics, self.metrics = self.metrics, LineMetrics(self.metrics.deadline_s)
         try:
             t0 = time.monotonic()
-            sizes = sorted({1, self.cfg.infer.max_batch})
+            # Every small batch size occurs with a few cameras (jit backends specialise per shape); larger
+            # ones only under load, so beyond 8 only the maximum is warmed.
+            max_batch = self.cfg.infer.max_batch
+            sizes = sorted(set(range(1, min(max_batch, 8) + 1)) | {max_batch})
             for n in sizes:
                 batch = [(frames[i % len(frames)], now_ns()) for i in range(n)]
                 for _ in range(2):

@@ -183,7 +183,8 @@ def write_item(root: Path, item: ArchiveItem, save_maps: bool = True) -> tuple[P
         files["image"] = path.name
         if any(m is not None for _, m in item.regions.values()):
             path = folder / f"{name}{HEATMAP_SUFFIX}.png"
-            written += _atomic_write(path, _png(overlay(item.image, dict(item.regions)), path))
+            heat = overlay(item.image, dict(item.regions), thresholds=dict(item.verdict.thresholds))
+            written += _atomic_write(path, _png(heat, path))
             files["heatmap"] = path.name
     if save_maps:
         for region, (_, amap) in item.regions.items():

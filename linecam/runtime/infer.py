@@ -495,11 +495,12 @@ class InferWorker:
             scores=item.scores, thresholds=thresholds if item.header is not None else {},
             model_version=",".join(versions) or self.model_version, timestamps=timestamps, detail=item.detail,
         )
+        truth = item.header.truth.model_dump() if item.header is not None and item.header.truth else None
         if decision == "reject" and self.rejects is not None and item.rgb is not None:
             self.rejects.submit(RejectImage(item.camera, item.seq, item.slot, reason, np.array(item.rgb),
-                                            self._region_maps(item, regions), dict(item.scores)))
+                                            self._region_maps(item, regions), dict(item.scores),
+                                            dict(verdict.thresholds), verdict.model_version, truth))
         if self.archive is not None:  # decides itself (reason, accept sample) and copies only what it keeps
-            truth = item.header.truth.model_dump() if item.header is not None and item.header.truth else None
             self.archive.offer(verdict, item.rgb, self._region_maps(item, regions) if item.rgb is not None else None,
                                truth)
         return verdict

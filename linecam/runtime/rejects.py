@@ -39,15 +39,25 @@ class RejectImage:
     image: np.ndarray
     regions: dict[str, tuple[tuple[int, int, int, int], np.ndarray | None]] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    model_version: str = ""
+    truth: dict[str, str] | None = None
 
 
 def overlay(image_rgb: np.ndarray, regions: dict[str, tuple[tuple[int, int, int, int], np.ndarray | None]],
-            alpha: float = 0.45) -> np.ndarray:
-    """BGR image for cv2.imwrite: the frame with each region's map as a jet heatmap and its box outlined."""
+            alpha: float = 0.45, thresholds: dict[str, float] | None = None) -> np.ndarray:
+    """BGR image for cv2.imwrite: the frame with each region's map as a jet heatmap and its box outlined.
+
+    With a region's threshold the colour scale is relative to it (threshold = mid-scale, twice the threshold
+    = red), so the spot that made the reject stands out even when the map's absolute values are small.
+    """
     out = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR)
-    for (x, y, w, h), amap in regions.values():
+    for name, ((x, y, w, h), amap) in regions.items():
         if amap is not None:
-            heat = cv2.resize(np.clip(amap, 0.0, 1.0).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+            thr = (thresholds or {}).get(name)
+            scale = 1.0 / (2.0 * thr) if thr and thr > 0 else 1.0
+            heat = cv2.resize(np.clip(amap * scale, 0.0, 1.0).astype(np.float32), (w, h),
+                              interpolation=cv2.INTER_LINEAR)
             heat_u8 = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
             roi = out[y : y + h, x : x + w]
             out[y : y + h, x : x + w] = cv2.addWeighted(roi, 1.0 - alpha, heat_u8, alpha, 0.0)
@@ -161,7 +171,8 @@ class RejectWriter(BackgroundWriter[RejectImage]):
         folder.mkdir(parents=True, exist_ok=True)
         stem = folder / f"{item.seq:09d}_{item.slot}"
         cv2.imwrite(f"{stem}.png", cv2.cvtColor(np.ascontiguousarray(item.image), cv2.COLOR_RGB2BGR))
-        cv2.imwrite(f"{stem}_overlay.png", overlay(item.image, item.regions))
+        cv2.imwrite(f"{stem}_overlay.png", overlay(item.image, item.regions, thresholds=item.thresholds))
         meta = {"camera": item.camera, "seq": item.seq, "slot": item.slot, "reason": item.reason,
-                "scores": item.scores, "boxes": {k: list(v[0]) for k, v in item.regions.items()}}
+                "scores": item.scores, "thresholds": item.thresholds, "model_version": item.model_version,
+                "truth": item.truth, "boxes": {k: list(v[0]) for k, v in item.regions.items()}}
         Path(f"{stem}.json").write_text(json.dumps(meta))

@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from linecam.runtime.regions import RegionConfig, RegionError, load_regions
@@ -22,6 +21,7 @@ from linecam.runtime.sources.config import (
     SourceConfig,
     SyntheticSourceConfig,
 )
+from linecam.yamlfile import read_yaml
 
 __all__ = [
     "RUNTIME_DIR_ENV",
@@ -395,11 +395,6 @@ def parse_config(raw: Any, source: str = "<config>", base_dir: Path | None = Non
 def load_config(path: str | Path) -> LineConfig:
     """Read and validate a line config file; every error names ``path`` and the field."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml(path, ConfigError, "config file")
     return parse_config(raw, str(path), path.resolve().parent)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import signal
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from linecam.runtime.audit import AuditLog
 from linecam.runtime.messages import Announcement, BadMessage, Overload, Verdict, decode_event, now_ns
 from linecam.runtime.metrics import LineMetrics, start_metrics_server
 from linecam.runtime.plc.base import PlcLink, PlcResult, create_plc_link
+from linecam.runtime.signals import stop_on_signals
 from linecam.runtime.transport import event_pull_bind, stop_authenticators
 
 log = logging.getLogger(__name__)
@@ -302,13 +302,7 @@ class GateService:
 def main(config: LineConfig) -> int:
     """``linecam gate --config FILE``: run the gate until SIGTERM/SIGINT."""
     service = GateService(config)
-
-    def _on_signal(signum: int, _frame: Any) -> None:
-        log.info("gate: signal %d, shutting down", signum)
-        service.stop()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop_on_signals("gate", service.stop)
     service.run()
     c = service.gate.counts
     log.info("gate: %d decided, %d late, %d duplicate, %d orphan", c["decided"], c["late"], c["duplicate"],

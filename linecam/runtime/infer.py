@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +46,7 @@ from linecam.runtime.messages import (
 from linecam.runtime.metrics import LineMetrics, start_metrics_server
 from linecam.runtime.regions import RegionConfig, crop, load_mask
 from linecam.runtime.rejects import RejectImage, RejectWriter
+from linecam.runtime.signals import stop_on_signals
 from linecam.runtime.transport import event_push, frame_pull_bind, stop_authenticators
 
 log = logging.getLogger(__name__)
@@ -603,13 +603,7 @@ class InferWorker:
 def main(config: LineConfig) -> int:
     """``linecam infer --config FILE``: load the models and serve until SIGTERM/SIGINT."""
     worker = InferWorker(config)
-
-    def _on_signal(signum: int, _frame: Any) -> None:
-        log.info("infer: signal %d, shutting down", signum)
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop_on_signals("infer", worker.stop)
     worker.run()
     log.info("infer: %d verdicts sent, %d dropped", worker.verdicts_sent, worker.verdicts_dropped)
     return 0

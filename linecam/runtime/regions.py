@@ -13,8 +13,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from linecam.yamlfile import read_yaml
 
 REGIONS_FILE = "regions.yaml"
 
@@ -72,12 +73,7 @@ def load_regions(folder: str | Path) -> list[RegionConfig]:
     """Read ``<folder>/regions.yaml`` (``{regions: [...]}``); masks are file names relative to the folder."""
     folder = Path(folder)
     path = folder / REGIONS_FILE
-    if not path.is_file():
-        raise RegionError(f"{path}: calibration file not found")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise RegionError(f"{path}: not valid YAML: {exc}") from None
+    doc = read_yaml(path, RegionError, "calibration file")
     if not isinstance(doc, dict) or set(doc) - {"regions"}:
         extra = sorted(set(doc) - {"regions"}) if isinstance(doc, dict) else []
         raise RegionError(f"{path}: expected a mapping with only the key 'regions' (unknown keys: {extra})")

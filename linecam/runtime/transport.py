@@ -150,15 +150,25 @@ def _make_ipc_dir(endpoint: str) -> None:
             os.makedirs(parent, mode=0o750, exist_ok=True)
 
 
+def _new_socket(ctx: zmq.Context[Any], kind: int, options: dict[int, int]) -> zmq.Socket[Any]:
+    """A socket with LINGER 0 and ``options`` set before connect/bind (HWMs apply only to later pipes)."""
+    sock = ctx.socket(kind)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        for opt, value in options.items():
+            sock.setsockopt(opt, value)
+    except BaseException:
+        sock.close(0)
+        raise
+    return sock
+
+
 def _server_socket(
     ctx: zmq.Context[Any], kind: int, endpoint: str, cfg: TransportConfig, options: dict[int, int]
 ) -> zmq.Socket[Any]:
     curve = _check_endpoint(endpoint, cfg)
-    sock = ctx.socket(kind)
+    sock = _new_socket(ctx, kind, options)
     try:
-        sock.setsockopt(zmq.LINGER, 0)
-        for opt, value in options.items():  # HWMs apply only to pipes created after they are set
-            sock.setsockopt(opt, value)
         if curve is not None:
             public, secret = load_secret_key(curve.server_secret, "server_secret")
             client_public = load_public_key(curve.client_public, "client_public")
@@ -178,11 +188,8 @@ def _client_socket(
     ctx: zmq.Context[Any], kind: int, endpoint: str, cfg: TransportConfig, options: dict[int, int]
 ) -> zmq.Socket[Any]:
     curve = _check_endpoint(endpoint, cfg)
-    sock = ctx.socket(kind)
+    sock = _new_socket(ctx, kind, options)
     try:
-        sock.setsockopt(zmq.LINGER, 0)
-        for opt, value in options.items():
-            sock.setsockopt(opt, value)
         if curve is not None:
             server_public = load_public_key(curve.server_public, "server_public")
             public, secret = load_secret_key(curve.client_secret, "client_secret")

@@ -29,6 +29,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--roi-variant", default="learned_silence",
                    choices=["overlap", "intersection", "intersection_overlap", "negated_overlap", "learned_silence"])
+    p.add_argument("--focal-gamma", type=float, default=None, help="focal loss gamma of the U-Net (0 = BCE)")
+    p.add_argument("--perlin-scales", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="Perlin lattice exponents [LO, HI): 2**k cells per axis (default 0 6); raise LO for "
+                        "smaller simulated defects")
+    p.add_argument("--unet-lr", type=float, default=None, help="U-Net learning rate (default: --lr)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/training/checkpoint_last.pt")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="auto: bf16 autocast on CPU, fp16 AMP on CUDA")
@@ -95,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "version": args.version, "progress": not args.no_progress,
         "command": " ".join(shlex.quote(a) for a in ["linecam", *sys.argv[1:]]),
     }
-    for key in ("rotation", "clean_share", "val_fraction"):
+    for key in ("rotation", "clean_share", "val_fraction", "focal_gamma", "perlin_scales", "unet_lr"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     if args.image_size is not None:

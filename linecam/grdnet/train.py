@@ -71,6 +71,8 @@ class TrainConfig(pydantic.BaseModel, extra="forbid"):
     unet_lr: float | None = None
     roi_variant: RoiVariantName = "learned_silence"
     focal_gamma: float = pydantic.Field(default=2.0, ge=0)
+    perlin_scales: tuple[int, int] = (0, 6)
+    """Perlin lattice exponents [lo, hi): 2**k cells per axis; higher k = smaller simulated defects."""
     seed: int = 0
     clean_share: float = pydantic.Field(default=0.5, ge=0, le=1)
     rotation: float = pydantic.Field(default=math.pi / 2, ge=0, le=math.pi)
@@ -237,7 +239,8 @@ class Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self.disc.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.simulator = AnomalySimulator(clean_share=cfg.clean_share)
+        self.simulator = AnomalySimulator(clean_share=cfg.clean_share, min_scale_exp=cfg.perlin_scales[0],
+                                          max_scale_exp=cfg.perlin_scales[1])
         self.weights = LossWeights()
         unet_lr = cfg.unet_lr if cfg.unet_lr is not None else cfg.lr
         self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
@@ -574,6 +577,10 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path | None:
         "seed": cfg.seed,
         "rotation": cfg.rotation,
         "clean_share": cfg.clean_share,
+        "lr": cfg.lr,
+        "unet_lr": cfg.unet_lr,
+        "focal_gamma": cfg.focal_gamma,
+        "perlin_scales": list(cfg.perlin_scales),
         "val_fraction": cfg.val_fraction,
         "images_per_s": last.get("images_per_s"),
         "val_metrics": val,

@@ -136,15 +136,22 @@ def plot_scores(path: Path, labels: np.ndarray, scores: np.ndarray, threshold: f
     plt.close(fig)
 
 
-def write_regions_threshold(folder: Path, threshold: float, model_name: str, region: str | None) -> Path:
-    """Set the threshold of the region(s) inspected by ``model_name`` (or the region named ``region``) in
-    ``folder/regions.yaml``; create a one-region full-frame file when there is none."""
+def write_regions_threshold(folder: Path, threshold: float, model_name: str, version: str,
+                            region: str | None) -> Path:
+    """Record the threshold of model ``version`` for the region(s) inspected by ``model_name`` (or the region
+    named ``region``) under ``thresholds`` in ``folder/regions.yaml``; create a one-region full-frame file
+    when there is none.
+
+    Why per version: a retrained model scores on its own scale, so a threshold calibrated for version 1 must
+    not silently stay in force after a hot swap to version 2; the worker picks the entry of the version it
+    runs and falls back to that version's card.
+    """
     from linecam.runtime.regions import REGIONS_FILE, load_regions
 
     path = folder / REGIONS_FILE
     if not path.is_file():
         doc: dict[str, Any] = {"regions": [{"name": region or "product", "box": None, "model": model_name,
-                                            "threshold": threshold}]}
+                                            "threshold": None, "thresholds": {version: threshold}}]}
     else:
         load_regions(folder)  # validates, names the file on error
         doc = yaml.safe_load(path.read_text())
@@ -153,7 +160,7 @@ def write_regions_threshold(folder: Path, threshold: float, model_name: str, reg
             which = f"named {region!r}" if region else f"using model {model_name!r}"
             raise CalibrationError(f"{path}: no region {which}")
         for r in hits:
-            r["threshold"] = threshold
+            r["thresholds"] = {**(r.get("thresholds") or {}), version: threshold}
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -190,7 +197,7 @@ def calibrate_threshold(model_dir: Path, data: Path, out: Path, target_frr: floa
     (out / THRESHOLD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     plot_scores(out / SCORES_PLOT, labels, scores, threshold,
                 f"{card.name}/{card.version} on {Path(data).name}/{CALIBRATION_SPLIT}")
-    write_regions_threshold(out, threshold, name, region)
+    write_regions_threshold(out, threshold, name, str(card.version), region)
     return record
 
 

@@ -95,6 +95,10 @@ def register(subparsers: Any) -> None:
     fa.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     fa.add_argument("--roi", type=Path, default=None,
                     help="calibration roi.png (frame size); default: full-frame ROI")
+    fa.add_argument("--calibration", type=Path, default=None,
+                    help="camera calibration folder (regions.yaml) for --region")
+    fa.add_argument("--region", default=None,
+                    help="build the dataset of this inspection region only: frames cropped to its box")
     fa.add_argument("--require-masks", action="store_true",
                     help="refuse defects without a drawn <name>_mask.png (default: ROI stands in)")
     fa.set_defaults(func=cmd_from_archive)
@@ -262,11 +266,15 @@ def cmd_archive_status(args: argparse.Namespace) -> int:
 
 
 def cmd_from_archive(args: argparse.Namespace) -> int:
-    from linecam.lifecycle.from_archive import build_dataset
+    from linecam.lifecycle.from_archive import build_dataset, region_crop
 
+    if (args.region is None) != (args.calibration is None):
+        return _err("--region and --calibration go together (the region's box is read from "
+                    "<calibration>/regions.yaml)")
     try:
+        region = region_crop(args.calibration, args.region) if args.region is not None else None
         result = build_dataset(args.archive, args.out, val_share=args.val_share, seed=args.seed, roi=args.roi,
-                               require_masks=args.require_masks)
+                               require_masks=args.require_masks, region=region)
     except _errors() as exc:
         return _err(exc)
     print(result.summary())

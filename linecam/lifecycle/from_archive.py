@@ -13,7 +13,13 @@ kind folder are read too. Frames still in the day folders are unreviewed: skippe
 
 Output: reviewed good images are split into ``train/good`` and ``val/good`` (``val_share``, seeded);
 reviewed defects go to ``val/<kind>`` only (GRD-Net trains on good images only; val calibrates the threshold).
-Every image gets an ROI (the calibration ``roi.png`` when given, else the full frame). A defect without a
+Every image gets an ROI (the calibration ``roi.png`` when given, else the full frame).
+
+Multi-region cameras: ``region`` (a :class:`RegionCrop`, from ``--calibration DIR --region NAME``) makes a
+dataset for that one inspection region: every frame, ROI and mask is cropped to the region's box (the region's
+own mask, when it has one, is the ROI). A reviewed defect belongs to the region when its drawn mask touches the
+box; without a mask, when the archived verdict (``_verdict.json``) shows that region's score above its
+threshold. Defects of other regions are skipped and counted, never relabelled good. A defect without a
 mask gets the ROI as its mask (the defect is "somewhere in the inspected area": image-level labels stay
 exact, pixel metrics on such images are not meaningful; ``labels.jsonl`` marks them ``"mask_source": "roi"``)
 unless ``require_masks`` is set. Everything is checked before the first file is written, every problem
@@ -36,7 +42,8 @@ import numpy as np
 from linecam.lifecycle.archive import MASK_SUFFIX, REVIEWED_DIR, ArchiveError, day_folders, is_sidecar
 from linecam.synth.layout import GOOD_KINDS, IMAGE_SUFFIXES, CheckReport, DatasetError, check_dataset
 
-__all__ = ["FromArchiveResult", "ReviewedImage", "build_dataset", "collect_reviewed", "count_unreviewed"]
+__all__ = ["FromArchiveResult", "RegionCrop", "ReviewedImage", "build_dataset", "collect_reviewed",
+           "count_unreviewed", "region_crop"]
 
 _KIND = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 GENERATOR = "linecam dataset from-archive"
@@ -51,6 +58,55 @@ class ReviewedImage:
     mask_path: Path | None = None
 
 
+@dataclass(frozen=True)
+class RegionCrop:
+    """One inspection region of a multi-region camera: its name, box ``(x, y, w, h)`` and optional ROI mask."""
+
+    name: str
+    box: tuple[int, int, int, int]
+    roi: Path | None = None  # a mask of the region's size (the region's fixed mask), or None
+
+
+def region_crop(calibration: str | Path, name: str) -> RegionCrop:
+    """The region ``name`` of ``<calibration>/regions.yaml`` as a crop; ArchiveError naming the file otherwise."""
+    from linecam.runtime.regions import REGIONS_FILE, RegionError, load_regions
+
+    try:
+        regions = load_regions(calibration)
+    except RegionError as exc:
+        raise ArchiveError([str(exc)]) from None
+    path = Path(calibration) / REGIONS_FILE
+    found = [r for r in regions if r.name == name]
+    if not found:
+        raise ArchiveError([f"{path}: no region named {name!r} (regions: {[r.name for r in regions]})"])
+    if found[0].box is None:
+        raise ArchiveError([f"{path}: region {name!r} is the full frame; build without --region"])
+    return RegionCrop(name, found[0].box, found[0].mask)
+
+
+def _in_region_by_verdict(frame: Path, region: str, problems: list[str]) -> bool | None:
+    """Whether the archived verdict of ``frame`` rejected it in ``region`` (score above threshold)."""
+    from linecam.lifecycle.archive import VERDICT_SUFFIX
+
+    sidecar = frame.with_name(frame.stem + VERDICT_SUFFIX)
+    try:
+        record = json.loads(sidecar.read_text())
+        score, threshold = record["scores"][region], record["thresholds"][region]
+        return float(score) > float(threshold)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problems.append(f"{frame}: no mask drawn and its verdict {sidecar.name} gives no score/threshold for "
+                        f"region {region!r} ({type(exc).__name__}: {exc}); draw {frame.stem}{MASK_SUFFIX}.png "
+                        "to say where the defect is")
+        return None
+
+
+def _crop(a: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
+    if box is None:
+        return a
+    x, y, w, h = box
+    return np.ascontiguousarray(a[y:y + h, x:x + w])
+
+
 @dataclass
 class FromArchiveResult:
     """What :func:`build_dataset` wrote (counts per split and kind) and what it skipped."""
@@ -62,6 +118,7 @@ class FromArchiveResult:
     ignored: list[str] = field(default_factory=list)
     masks_from_roi: int = 0
     check: CheckReport | None = None
+    other_region: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"{self.out}: " + "; ".join(f"{s} " + ", ".join(f"{k}={n}" for k, n in kinds.items())
@@ -70,6 +127,8 @@ class FromArchiveResult:
                      f"{len(self.duplicates)} duplicate(s), {len(self.ignored)} non-image file(s)")
         if self.masks_from_roi:
             lines.append(f"  {self.masks_from_roi} defect(s) without a drawn mask: mask = ROI (image-level label only)")
+        if self.other_region:
+            lines.append(f"  {len(self.other_region)} defect(s) lie in other regions of the frame: not in this dataset")
         lines.extend(f"  duplicate: {d}" for d in self.duplicates[:20])
         lines.extend(f"  ignored: {p}" for p in self.ignored[:20])
         return "\n".join(lines)
@@ -185,8 +244,10 @@ def _bbox(mask: np.ndarray) -> list[int]:
 
 
 def build_dataset(archive: str | Path, out: str | Path, val_share: float = 0.2, seed: int = 0,
-                  roi: str | Path | None = None, require_masks: bool = False) -> FromArchiveResult:
-    """Turn ``<archive>/reviewed/`` into a linecam dataset at ``out`` (which must not exist or be empty)."""
+                  roi: str | Path | None = None, require_masks: bool = False,
+                  region: RegionCrop | None = None) -> FromArchiveResult:
+    """Turn ``<archive>/reviewed/`` into a linecam dataset at ``out`` (which must not exist or be empty);
+    with ``region``, a dataset of that inspection region's crops."""
     archive, out = Path(archive), Path(out)
     if not 0.0 <= val_share < 1.0:
         raise ArchiveError([f"--val-share {val_share}: must be in [0, 1) (train needs good images)"])
@@ -230,16 +291,42 @@ def build_dataset(archive: str | Path, out: str | Path, val_share: float = 0.2, 
             h, w = shape_of[rec.path]
             problems.append(f"{rec.path}: {w}x{h} differs from the other reviewed images ({size[1]}x{size[0]}); "
                             "a dataset holds one camera's frames")
-    roi_mask = (_read_binary(Path(roi), size, "ROI", None, problems) if roi is not None
-                else np.full(size, 255, np.uint8))
+    box = region.box if region is not None else None
+    if region is not None and (region.box[0] + region.box[2] > size[1] or region.box[1] + region.box[3] > size[0]):
+        raise ArchiveError(problems + [f"region {region.name!r} box {list(region.box)} does not fit the "
+                                       f"{size[1]}x{size[0]} reviewed frames"])
+    crop_hw = (box[3], box[2]) if box is not None else size
+    if region is not None and region.roi is not None:
+        roi_mask = _read_binary(region.roi, crop_hw, f"mask of region {region.name!r}", None, problems)
+    elif roi is not None:
+        frame_roi = _read_binary(Path(roi), size, "ROI", None, problems)
+        roi_mask = _crop(frame_roi, box) if frame_roi is not None else None
+        if roi_mask is not None and not roi_mask.any():
+            problems.append(f"{roi}: the ROI has no pixel inside region box {list(box or ())}")
+    else:
+        roi_mask = np.full(crop_hw, 255, np.uint8)
     masks: dict[Path, np.ndarray] = {}
-    for rec in keep:
+    other_region: list[str] = []
+    for rec in list(keep):
         if rec.kind == "good" or shape_of[rec.path] != size:
             continue
+        in_region: bool | None = True
+        m: np.ndarray | None = None
         if rec.mask_path is not None:
-            m = _read_binary(rec.mask_path, size, "defect mask", rec.path, problems)
-            if m is None:
+            full = _read_binary(rec.mask_path, size, "defect mask", rec.path, problems)
+            if full is None:
                 continue
+            m = _crop(full, box)
+            in_region = bool(m.any())
+        elif region is not None:
+            in_region = _in_region_by_verdict(rec.path, region.name, problems)
+        if in_region is None:
+            continue
+        if not in_region:
+            other_region.append(str(rec.path))
+            keep.remove(rec)
+            continue
+        if m is not None:
             if rec.kind == "outside_roi" and roi_mask is not None and np.any((m > 0) & (roi_mask > 0)):
                 problems.append(f"{rec.mask_path}: an outside_roi defect must lie outside the ROI, this mask "
                                 "overlaps it")
@@ -273,7 +360,7 @@ def build_dataset(archive: str | Path, out: str | Path, val_share: float = 0.2, 
         img = _read_rgb_bgr(rec.path, problems_w)
         if img is None:  # changed since pass 1
             raise ArchiveError(problems_w)
-        cv2.imwrite(str(out / rel), img)
+        cv2.imwrite(str(out / rel), _crop(img, box))
         cv2.imwrite(str(out / "roi" / rel), roi_mask)
         entry: dict[str, Any] = {"path": str(rel), "split": split, "kind": rec.kind,
                                  "line_label": "good" if rec.kind in GOOD_KINDS else "defect",
@@ -302,7 +389,8 @@ def build_dataset(archive: str | Path, out: str | Path, val_share: float = 0.2, 
         "source_archive": str(archive.resolve()),
         "seed": seed,
         "val_share": val_share,
-        "image_size": list(size),
+        "image_size": list(crop_hw),
+        "region": {"name": region.name, "box": list(region.box)} if region is not None else None,
         "channels": 3,
         "roi": str(Path(roi).resolve()) if roi is not None else "full frame",
         "defect_kinds": sorted({r.kind for r in keep if r.kind not in GOOD_KINDS}),
@@ -318,4 +406,5 @@ def build_dataset(archive: str | Path, out: str | Path, val_share: float = 0.2, 
         raise ArchiveError([f"{out}: the written dataset fails its check (please report): {p}"
                             for p in exc.problems]) from None
     return FromArchiveResult(out=out, counts=counts, unreviewed=unreviewed, duplicates=duplicates,
-                             ignored=ignored, masks_from_roi=masks_from_roi, check=report)
+                             ignored=ignored, masks_from_roi=masks_from_roi, check=report,
+                             other_region=other_region)

@@ -56,13 +56,20 @@ __all__ = ["InferWorker", "card_threshold", "load_detectors", "main", "to_rgb8"]
 
 def card_threshold(model_dir: Path) -> float | None:
     """The calibrated threshold in ``<model_dir>/card.json``, or None when the card has none."""
+    return card_version_threshold(model_dir)[1]
+
+
+def card_version_threshold(model_dir: Path) -> tuple[str, float | None]:
+    """(version, calibrated threshold or None) from ``<model_dir>/card.json``."""
     path = Path(model_dir) / "card.json"
     try:
         card = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read the model card ({exc})") from None
-    value = card.get("threshold") if isinstance(card, dict) else None
-    return float(value) if value is not None else None
+    if not isinstance(card, dict):
+        raise ConfigError(f"{path}: the model card is not a JSON object")
+    value = card.get("threshold")
+    return str(card.get("version", "")), float(value) if value is not None else None
 
 
 def used_models(cfg: LineConfig) -> list[str]:
@@ -114,7 +121,7 @@ class _Probation:
 
     detector: Detector  # the PREVIOUS version's detector
     model_dir: Path
-    threshold: float | None
+    threshold: tuple[str, float | None] | None  # the previous version's card (version, threshold)
     version: str  # the new version on probation
     previous_version: str
     remaining: int  # frames (crops) the new version must still serve without error
@@ -160,7 +167,7 @@ class InferWorker:
         self.model_dirs: dict[str, Path] = {name: cfg.models[name].model_dir() for name in used_models(cfg)}
         self.detectors: dict[str, Detector] = (dict(detectors) if detectors is not None
                                                else load_detectors(cfg, detector_factory, self.model_dirs))
-        self._card_thresholds: dict[str, float | None] = {}
+        self._card_thresholds: dict[str, tuple[str, float | None]] = {}
         self.regions = self._resolve_regions()
         self._probation: dict[str, _Probation] = {}
         self.swap_counter = swap_counter(self.metrics.registry)
@@ -215,14 +222,16 @@ class InferWorker:
                 if region.model not in self.detectors:
                     raise ConfigError(f"camera {cam.name} region {region.name}: no detector for model "
                                       f"{region.model!r}")
-                threshold = region.threshold
+                if region.model not in card_cache:
+                    card_cache[region.model] = card_version_threshold(self.model_dirs[region.model])
+                version, from_card = card_cache[region.model]
+                threshold, origin = region.threshold_for(version, from_card)
                 if threshold is None:
-                    if region.model not in card_cache:
-                        card_cache[region.model] = card_threshold(self.model_dirs[region.model])
-                    threshold = card_cache[region.model]
-                if threshold is None:
-                    raise ConfigError(f"camera {cam.name} region {region.name}: threshold is null and the card of "
-                                      f"model {region.model!r} has no calibrated threshold")
+                    raise ConfigError(f"camera {cam.name} region {region.name}: no threshold for model "
+                                      f"{region.model!r} version {version!r} (regions.yaml has none for it and the "
+                                      f"card has no calibrated threshold)")
+                log.info("camera %s region %s: threshold %.5g for %s/%s from %s", cam.name, region.name,
+                         threshold, region.model, version, origin)
                 mask = load_mask(region.mask) if region.mask is not None else None
                 regions.append(_Region(region, float(threshold), mask))
             out[cam.name] = regions
@@ -396,12 +405,15 @@ class InferWorker:
             old_detector, old_dir = self.detectors[name], self.model_dirs[name]
             old_threshold = self._card_thresholds.get(name)
             self.detectors[name], self.model_dirs[name] = candidate.detector, candidate.path
-            self._card_thresholds[name] = candidate.threshold
+            self._card_thresholds[name] = (candidate.version, candidate.threshold)
             try:
                 self.regions = self._resolve_regions()
             except (ConfigError, ValueError) as exc:
                 self.detectors[name], self.model_dirs[name] = old_detector, old_dir
-                self._card_thresholds[name] = old_threshold
+                if old_threshold is None:
+                    self._card_thresholds.pop(name, None)
+                else:
+                    self._card_thresholds[name] = old_threshold
                 log.error("model %s: version %s REFUSED: %s", name, candidate.version, exc)
                 watcher.count("load_error")
                 candidate.detector.close()
@@ -432,7 +444,10 @@ class InferWorker:
         probation = self._probation.pop(model)
         failed = self.detectors[model]
         self.detectors[model], self.model_dirs[model] = probation.detector, probation.model_dir
-        self._card_thresholds[model] = probation.threshold
+        if probation.threshold is None:
+            self._card_thresholds.pop(model, None)
+        else:
+            self._card_thresholds[model] = probation.threshold
         self.regions = self._resolve_regions()
         watcher = self.watchers[model]
         watcher.active_version = probation.previous_version

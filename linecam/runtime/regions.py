@@ -21,7 +21,12 @@ REGIONS_FILE = "regions.yaml"
 
 
 class RegionConfig(BaseModel):
-    """One inspection region. ``box`` is ``[x, y, w, h]`` in frame pixels, or None for the full frame."""
+    """One inspection region. ``box`` is ``[x, y, w, h]`` in frame pixels, or None for the full frame.
+
+    Thresholds belong to a model *version* (a retrained model scores on another scale), so the worker takes,
+    for the version it runs: ``thresholds[version]`` (written by ``linecam calibrate threshold``), else the
+    pinned ``threshold`` (a manual override for every version), else the model card's calibrated threshold.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -30,6 +35,23 @@ class RegionConfig(BaseModel):
     model: str = Field(min_length=1)
     mask: Path | None = None
     threshold: float | None = Field(None, ge=0.0, le=1.0)
+    thresholds: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not 0.0 <= v <= 1.0}
+        if bad:
+            raise ValueError(f"per-version thresholds must lie in [0, 1], got {bad}")
+        return value
+
+    def threshold_for(self, version: str, card_threshold: float | None) -> tuple[float | None, str]:
+        """The threshold this region uses under model ``version`` and where it came from."""
+        if version in self.thresholds:
+            return self.thresholds[version], f"regions thresholds[{version!r}]"
+        if self.threshold is not None:
+            return self.threshold, "regions threshold (pinned for every version)"
+        return card_threshold, "model card"
 
     @field_validator("box")
     @classmethod

@@ -50,11 +50,12 @@ def test_training_lowers_loss_and_writes_loadable_model(dataset: Path, tmp_path:
 
 def test_resume_continues_from_checkpoint_epoch(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "model"
-    first = Trainer(_cfg(dataset, out, epochs=1, max_steps_per_epoch=2))
+    first = Trainer(_cfg(dataset, out, epochs=1, max_steps_per_epoch=2, perlin_scales=(3, 5)))
+    assert (first.simulator.min_scale_exp, first.simulator.max_scale_exp) == (3, 5)
     first.fit()
     ck = torch.load(out / TRAINING_SUBDIR / CHECKPOINT_LAST, weights_only=False)
     assert ck["epoch"] == 1
-    resumed = Trainer(_cfg(dataset, out, epochs=2, max_steps_per_epoch=2))
+    resumed = Trainer(_cfg(dataset, out, epochs=2, max_steps_per_epoch=2, perlin_scales=(3, 5)))
     assert resumed.resume() == 1
     # Weights, optimiser state and history came back from the checkpoint, not from a fresh init.
     for k, v in first.model.state_dict().items():
@@ -77,9 +78,12 @@ def test_cli_train_eval_predict(dataset: Path, tmp_path: Path, capsys: pytest.Ca
     model_dir = tmp_path / "m"
     rc = cmd_train(parser.parse_args(["train", "--data", str(dataset), "--out", str(model_dir), "--image-size", "32",
                                       "--epochs", "1", "--batch-size", "4", "--max-steps-per-epoch", "2",
-                                      "--no-progress", "--name", "vials", "--version", "7"]))
+                                      "--no-progress", "--name", "vials", "--version", "7", "--focal-gamma", "0.5",
+                                      "--perlin-scales", "3", "5"]))
     assert rc == 0
     assert read_card(model_dir).command.startswith("linecam ")
+    training = read_card(model_dir).training
+    assert training["focal_gamma"] == 0.5 and training["perlin_scales"] == [3, 5]
     metrics_json = tmp_path / "metrics.json"
     rc = cmd_eval(parser.parse_args(["eval", "--model", str(model_dir), "--data", str(dataset), "--json",
                                      str(metrics_json), "--report", str(tmp_path / "report"), "--precision", "fp32"]))

@@ -16,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from linecam.backends.base import Detection
 from linecam.cli import main as cli_main
@@ -30,7 +31,7 @@ from linecam.lifecycle.archive import (
     sample_fraction,
     write_item,
 )
-from linecam.lifecycle.from_archive import build_dataset
+from linecam.lifecycle.from_archive import build_dataset, region_crop
 from linecam.runtime.infer import InferWorker
 from linecam.runtime.messages import FrameHeader, Truth, Verdict, encode_frame, now_ns
 from linecam.synth.layout import check_dataset, load_index
@@ -387,3 +388,46 @@ def test_archive_prune_and_status_commands(tmp_path: Path, capsys: Any) -> None:
     assert [d for d, _ in day_folders(root)] == [today]
     assert cli_main(["archive", "prune", str(root)]) == 2
     assert "give --max-bytes, --max-age-days" in capsys.readouterr().err
+
+
+def test_from_archive_crops_one_region_of_a_multi_region_camera(tmp_path: Path, capsys: Any) -> None:
+    root = _reviewed_archive(tmp_path / "arch")
+    particle = root / "reviewed" / "particle"
+    mask7 = np.zeros((SIZE, SIZE), np.uint8)
+    mask7[20:28, 4:10] = 255  # seq 7: a defect in the bottom half only
+    cv2.imwrite(str(particle / "000000007_7_mask.png"), mask7)
+    # seq 8 has no mask: its archived verdict says which region rejected it (moved along, as a person would).
+    [sidecar] = root.glob("*/cam1/reject/000000008_8_verdict.json")
+    verdict = json.loads(sidecar.read_text())
+    verdict["scores"], verdict["thresholds"] = {"top": 0.9, "bottom": 0.1}, {"top": 0.5, "bottom": 0.5}
+    (particle / sidecar.name).write_text(json.dumps(verdict))
+    sidecar.unlink()
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    (cal / "regions.yaml").write_text(yaml.safe_dump({"regions": [
+        {"name": "top", "box": [0, 0, SIZE, 16], "model": "m"},
+        {"name": "bottom", "box": [0, 16, SIZE, 16], "model": "m"}]}))
+
+    found = {}
+    for name in ("top", "bottom"):
+        out = tmp_path / f"ds_{name}"
+        assert cli_main(["dataset", "from-archive", str(root), "--out", str(out), "--calibration", str(cal),
+                         "--region", name]) == 0
+        assert "1 defect(s) lie in other regions" in capsys.readouterr().out
+        assert check_dataset(out).image_size == (16, SIZE)
+        labels = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+        found[name] = sorted(e["source"].split("/")[-1] for e in labels if e["kind"] == "particle")
+        good = next(e for e in labels if e["source"].endswith("good/000000003_3.png"))
+        y0 = 0 if name == "top" else 16
+        expected = cv2.cvtColor(_noise(3), cv2.COLOR_RGB2BGR)[y0 : y0 + 16]
+        assert np.array_equal(cv2.imread(str(out / good["path"])), expected)  # the region's pixels, unchanged
+        masked = next(e for e in labels if e["source"].endswith("000000006_6.png"))
+        rows = np.nonzero(cv2.imread(str(out / masked["mask"]), 0).any(axis=1))[0]
+        assert (rows.min(), rows.max()) == ((10, 15) if name == "top" else (0, 3))  # mask rows 10..19, cropped
+    assert found == {"top": ["000000006_6.png", "000000008_8.png"], "bottom": ["000000006_6.png", "000000007_7.png"]}
+
+    (particle / sidecar.name).unlink()  # an unmasked defect with no verdict cannot be placed: named, not guessed
+    with pytest.raises(ArchiveError, match=r"000000008_8.png: no mask drawn and its verdict"):
+        build_dataset(root, tmp_path / "ds_x", region=region_crop(cal, "top"))
+    with pytest.raises(ArchiveError, match=r"regions.yaml: no region named 'side'"):
+        region_crop(cal, "side")

@@ -33,11 +33,17 @@ def test_regions_threshold_is_written_into_existing_file(tmp_path: Path) -> None
     (tmp_path / "regions.yaml").write_text(yaml.safe_dump({"regions": [
         {"name": "top", "box": [0, 0, 10, 10], "model": "demo"},
         {"name": "cap", "box": [0, 10, 10, 10], "model": "other", "threshold": 0.3}]}))
-    cal.write_regions_threshold(tmp_path, 0.42, "demo", None)
-    regions = {r.name: r.threshold for r in load_regions(tmp_path)}
-    assert regions == {"top": 0.42, "cap": 0.3}
+    cal.write_regions_threshold(tmp_path, 0.42, "demo", "1", None)
+    cal.write_regions_threshold(tmp_path, 0.17, "demo", "2", None)
+    regions = {r.name: r for r in load_regions(tmp_path)}
+    assert regions["top"].thresholds == {"1": 0.42, "2": 0.17} and regions["top"].threshold is None
+    assert regions["cap"].thresholds == {} and regions["cap"].threshold == 0.3
+    # The worker's rule: the running version's own entry, else the pinned value, else the card.
+    assert regions["top"].threshold_for("2", 0.9)[0] == 0.17
+    assert regions["top"].threshold_for("3", 0.9)[0] == 0.9
+    assert regions["cap"].threshold_for("2", 0.9)[0] == 0.3
     with pytest.raises(cal.CalibrationError, match="no region"):
-        cal.write_regions_threshold(tmp_path, 0.1, "nothere", None)
+        cal.write_regions_threshold(tmp_path, 0.1, "nothere", "1", None)
 
 
 def test_roi_from_polygon_and_mask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -82,5 +88,5 @@ def test_calibrate_threshold_on_a_synthetic_val_split(tmp_path: Path, source_mod
     assert rec["model"]["version"] == "seed0" and rec["data"]["split"] == "val"
     assert rec["data"]["n_good"] + rec["data"]["n_defect"] == rec["data"]["n"] > 8
     assert rec["confusion"]["false_reject"] == 0 and rec["threshold"] >= rec["scores"]["good_max"]
-    assert [(r.model, r.threshold) for r in load_regions(out)] == [("demo", rec["threshold"])]
+    assert [(r.model, r.thresholds) for r in load_regions(out)] == [("demo", {"seed0": rec["threshold"]})]
     assert cv2.imread(str(out / "scores.png")) is not None

@@ -23,13 +23,13 @@ from linecam.runtime.messages import FrameHeader, encode_frame, now_ns
 from .conftest import make_writable
 
 
-def _config(registry: Path, tmp: Path, probation: int = 4) -> Any:
+def _config(registry: Path, tmp: Path, probation: int = 4, region: dict[str, Any] | None = None) -> Any:
     doc = {
         "line": {"name": "t", "station": "s1"},
         "runtime_dir": str(tmp),
         "models": {"demo": {"registry": str(registry)}},
         "cameras": [{"name": "cam1", "source": {"kind": "synthetic", "fps": 10, "width": 32, "height": 32},
-                     "regions": [{"name": "vial", "box": None, "model": "demo"}]}],
+                     "regions": [{"name": "vial", "box": None, "model": "demo", **(region or {})}]}],
         "infer": {"backend": "torch-cpu", "max_batch": 2, "threads": 1, "metrics_port": 0, "warmup": False,
                   "swap_probation_frames": probation},
         "gate": {"deadline_ms": 600000, "metrics_port": 0},
@@ -58,8 +58,8 @@ def demo(tmp_path: Path, published: Path) -> Path:
     return tmp_path / "reg" / "demo"
 
 
-def _worker(demo: Path, tmp: Path, **kw: Any) -> InferWorker:
-    return InferWorker(_config(demo, tmp), bind=False, metrics_port=-1, **kw)
+def _worker(demo: Path, tmp: Path, region: dict[str, Any] | None = None, **kw: Any) -> InferWorker:
+    return InferWorker(_config(demo, tmp, region=region), bind=False, metrics_port=-1, **kw)
 
 
 def test_swap_between_batches_then_commit(demo: Path, tmp_path: Path) -> None:
@@ -80,6 +80,25 @@ def test_swap_between_batches_then_commit(demo: Path, tmp_path: Path) -> None:
         assert _count(worker, "swapped") == 1 and _count(worker, "committed") == 0
         worker.process_batch(_batch(2, 6))  # 4 frames served: probation over, previous released
         assert _count(worker, "committed") == 1 and not worker._probation
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize(("region", "expected"), [
+    ({"thresholds": {"1": 0.3, "2": 0.7}}, (0.3, 0.7)),  # each version its own calibrated entry
+    ({"thresholds": {"1": 0.3}}, (0.3, 0.6)),  # v2 not calibrated for this camera: its card's threshold
+    ({"threshold": 0.45, "thresholds": {"2": 0.7}}, (0.45, 0.7)),  # a pinned value yields to a version's own
+])
+def test_threshold_follows_the_version(demo: Path, tmp_path: Path, region: dict[str, Any],
+                                       expected: tuple[float, float]) -> None:
+    worker = _worker(demo, tmp_path, region=region)
+    try:
+        assert {v.thresholds["vial"] for v in worker.process_batch(_batch(2))} == {expected[0]}
+        reg.set_current(demo, "2")
+        assert worker.watchers["demo"].check() is not None and worker.apply_swaps() == ["demo"]
+        assert {v.thresholds["vial"] for v in worker.process_batch(_batch(2, 2))} == {expected[1]}
+        worker._roll_back("demo", "test")  # rollback restores the previous version's threshold too
+        assert {v.thresholds["vial"] for v in worker.process_batch(_batch(2, 4))} == {expected[0]}
     finally:
         worker.close()
 

@@ -7,11 +7,16 @@ column: a variant that cannot learn silence outside the ROI rejects good product
 worker receives frames and no ROI masks.
 
     .venv/bin/python bench/roi_ablation.py --data data/bfs --size 128 --epochs 12
+
+On two cores, train the variants in two processes that share ``--workdir`` (each with its own ``--variants``
+and ``--no-table``), then run once more with all variants: trained models in the workdir are reused, so the last
+run only evaluates and writes the table. Every model is trained with the same recipe flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -44,18 +49,27 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--focal-gamma", type=float, default=2.0)
+    ap.add_argument("--perlin-scales", type=int, nargs=2, default=(0, 6))
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="keep the models here; a variant already trained there is reused, not retrained")
+    ap.add_argument("--no-table", action="store_true", help="train (and evaluate) only; write no JSON")
     ap.add_argument("--out", default="bench/results/roi_ablation.json")
     args = ap.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        work = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         for variant in args.variants.split(","):
             t0 = time.perf_counter()
-            out = Path(tmp) / variant
-            cfg = TrainConfig(data=Path(args.data), out=out, profile="fast",
-                              profile_overrides={"image_size": args.size}, epochs=args.epochs,
-                              batch_size=args.batch_size, lr=args.lr, roi_variant=variant, seed=1,
-                              rotation=0.1, progress=False)
-            run_training(cfg)
+            out = work / variant
+            trained_here = not (out / "card.json").is_file()
+            if trained_here:
+                cfg = TrainConfig(data=Path(args.data), out=out, profile="fast",
+                                  profile_overrides={"image_size": args.size}, epochs=args.epochs,
+                                  batch_size=args.batch_size, lr=args.lr, roi_variant=variant, seed=1,
+                                  rotation=0.1, progress=False, focal_gamma=args.focal_gamma,
+                                  perlin_scales=tuple(args.perlin_scales))
+                run_training(cfg)
             model, _card = load_model_dir(out)
             model = prepare_for_inference(model, "cpu", "fp32")
             with torch.inference_mode():
@@ -69,11 +83,14 @@ def main() -> None:
                 "outside_roi_peak": outside_roi_peak(preds["test"]),
                 "false_reject_rate": metrics.get("false_reject_rate"),
                 "threshold": metrics["threshold"],
-                "train_s": time.perf_counter() - t0,
+                "train_s": time.perf_counter() - t0 if trained_here else None,  # None: reused from --workdir
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\nROI ablation: fast profile at {args.size}px, {args.epochs} epochs, no mask at inference")
+    if args.no_table:
+        return
+    print(f"\nROI ablation: fast profile at {args.size}px, {args.epochs} epochs, focal gamma {args.focal_gamma}, "
+          f"Perlin scales {args.perlin_scales}, no mask at inference")
     head = ("variant", "img AUROC", "px AUROC", "AUPRO", "out-ROI FRR", "out-ROI peak")
     print(f"{head[0]:22s} {head[1]:>9s} {head[2]:>9s} {head[3]:>7s} {head[4]:>11s} {head[5]:>12s}")
     for r in rows:
@@ -82,7 +99,9 @@ def main() -> None:
     best = min(rows, key=lambda r: (r["outside_roi_false_reject_rate"], -r["image_auroc"]))
     print(f"best (lowest out-of-ROI FRR, then AUROC): {best['variant']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"size": args.size, "epochs": args.epochs, "rows": rows}, indent=1))
+    Path(args.out).write_text(json.dumps({"size": args.size, "epochs": args.epochs, "lr": args.lr,
+                                           "focal_gamma": args.focal_gamma,
+                                           "perlin_scales": list(args.perlin_scales), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="model directory to write (model/<name>/<version>)")
     p.add_argument("--profile", default="fast", help="model profile: fast | paper")
     p.add_argument("--image-size", type=int, default=None, help="override the profile's input size")
+    p.add_argument("--profile-set", action="append", default=[], metavar="FIELD=JSON",
+                   help="override one profile field, e.g. --profile-set latent_channels=64 "
+                        "--profile-set 'gen_widths=[16,32,64]' (stored in the model card)")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -103,8 +106,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     for key in ("rotation", "clean_share", "val_fraction", "focal_gamma", "perlin_scales", "unet_lr"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
+    overrides: dict[str, Any] = {}
+    for item in args.profile_set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            return _err(f"--profile-set {item!r}: expected FIELD=JSON, e.g. latent_channels=64")
+        try:
+            overrides[key] = json.loads(value)
+        except ValueError:
+            return _err(f"--profile-set {item!r}: the value is not JSON (lists are written [16,32,64])")
     if args.image_size is not None:
-        fields["profile_overrides"] = {"image_size": args.image_size}
+        overrides["image_size"] = args.image_size
+    if overrides:
+        fields["profile_overrides"] = overrides
     try:
         cfg = TrainConfig(**fields)
         out = run_training(cfg, resume=args.resume)

@@ -79,11 +79,12 @@ def test_cli_train_eval_predict(dataset: Path, tmp_path: Path, capsys: pytest.Ca
     rc = cmd_train(parser.parse_args(["train", "--data", str(dataset), "--out", str(model_dir), "--image-size", "32",
                                       "--epochs", "1", "--batch-size", "4", "--max-steps-per-epoch", "2",
                                       "--no-progress", "--name", "vials", "--version", "7", "--focal-gamma", "0.5",
-                                      "--perlin-scales", "3", "5"]))
+                                      "--perlin-scales", "3", "5", "--profile-set", "gen_widths=[16,32]"]))
     assert rc == 0
     assert read_card(model_dir).command.startswith("linecam ")
     training = read_card(model_dir).training
     assert training["focal_gamma"] == 0.5 and training["perlin_scales"] == [3, 5]
+    assert read_card(model_dir).profile.gen_widths == (16, 32)
     metrics_json = tmp_path / "metrics.json"
     rc = cmd_eval(parser.parse_args(["eval", "--model", str(model_dir), "--data", str(dataset), "--json",
                                      str(metrics_json), "--report", str(tmp_path / "report"), "--precision", "fp32"]))
@@ -112,3 +113,6 @@ def test_cli_train_eval_predict(dataset: Path, tmp_path: Path, capsys: pytest.Ca
     assert rc == 2 and "bad.png: unreadable image" in capsys.readouterr().err
     rc = cmd_train(parser.parse_args(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]))
     assert rc == 2 and "nope: dataset folder does not exist" in capsys.readouterr().err
+    rc = cmd_train(parser.parse_args(["train", "--data", str(dataset), "--out", str(tmp_path / "x"),
+                                      "--profile-set", "latent_size=4"]))
+    assert rc == 2 and "unknown ModelProfile field(s) ['latent_size']" in capsys.readouterr().err

@@ -36,6 +36,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--perlin-scales", type=int, nargs=2, default=None, metavar=("LO", "HI"),
                    help="Perlin lattice exponents [LO, HI): 2**k cells per axis (default 0 6); raise LO for "
                         "smaller simulated defects")
+    p.add_argument("--fill-modes", type=lambda v: tuple(v.split(",")), default=None,
+                   help="simulated-defect fills, comma separated from pixels,solid,smooth,gray "
+                        "(default pixels,solid,smooth)")
     p.add_argument("--unet-lr", type=float, default=None, help="U-Net learning rate (default: --lr)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/training/checkpoint_last.pt")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
@@ -103,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "version": args.version, "progress": not args.no_progress,
         "command": " ".join(shlex.quote(a) for a in ["linecam", *sys.argv[1:]]),
     }
-    for key in ("rotation", "clean_share", "val_fraction", "focal_gamma", "perlin_scales", "unet_lr"):
+    for key in ("rotation", "clean_share", "val_fraction", "focal_gamma", "perlin_scales", "unet_lr", "fill_modes"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     overrides: dict[str, Any] = {}

@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 FILL_MODES = ("pixels", "solid", "smooth")
+#: every fill the simulator knows; "gray" (one random luminance, equal in every channel) is opt-in: it makes
+#: defects that differ from the product only in brightness, as on monochrome cameras.
+ALL_FILL_MODES = (*FILL_MODES, "gray")
 
 
 def _fade(t: Tensor) -> Tensor:
@@ -123,7 +126,8 @@ class AnomalySimulator:
       then its top 2% of noise is used) so every non-clean sample really carries an anomaly;
     * fill: per sample one of ``fill_modes``: "pixels" (random RGB per pixel, paper Fig. 1b), "solid" (one
       random colour), "smooth" (a random low-frequency colour field) - more than pure pixel noise so the
-      U-Net does not learn to detect only high-frequency noise;
+      U-Net does not learn to detect only high-frequency noise; "gray" (one random luminance in every
+      channel, opt-in) for defects that differ only in brightness, as on monochrome cameras;
     * blend: inside the mask ``beta*image + (1-beta)*fill`` with beta ~ U(``beta_range``); outside the mask
       the image is returned bit-identical.
     """
@@ -149,9 +153,10 @@ class AnomalySimulator:
         lo, hi = beta_range
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"AnomalySimulator: beta_range must satisfy 0 <= lo <= hi <= 1, got {beta_range}")
-        unknown = [m for m in fill_modes if m not in FILL_MODES]
+        unknown = [m for m in fill_modes if m not in ALL_FILL_MODES]
         if unknown or not fill_modes:
-            raise ValueError(f"AnomalySimulator: fill_modes {fill_modes!r} must be a non-empty subset of {FILL_MODES}")
+            raise ValueError(
+                f"AnomalySimulator: fill_modes {fill_modes!r} must be a non-empty subset of {ALL_FILL_MODES}")
         self.clean_share = clean_share
         self.threshold = threshold
         self.min_scale_exp = min_scale_exp
@@ -220,7 +225,8 @@ class AnomalySimulator:
         pixels = rand(n, c, h, w)
         solid = rand(n, c, 1, 1).expand(n, c, h, w)
         smooth = F.interpolate(rand(n, c, 4, 4), size=(h, w), mode="bilinear", align_corners=False)
-        choices = {"pixels": pixels, "solid": solid, "smooth": smooth}
+        gray = rand(n, 1, 1, 1).expand(n, c, h, w)
+        choices = {"pixels": pixels, "solid": solid, "smooth": smooth, "gray": gray}
         fill = torch.zeros_like(images)
         for i, name in enumerate(self.fill_modes):
             fill = torch.where((mode == i).view(n, 1, 1, 1), choices[name].to(images.dtype), fill)

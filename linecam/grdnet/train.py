@@ -43,7 +43,7 @@ from linecam.grdnet.losses import (
     generator_loss,
 )
 from linecam.grdnet.model import GeneratorOutput, GRDNet, build_discriminator, build_grdnet
-from linecam.grdnet.perlin import AnomalySimulator
+from linecam.grdnet.perlin import FILL_MODES, AnomalySimulator
 from linecam.grdnet.profiles import ModelProfile, get_profile
 
 RoiVariantName = Literal["overlap", "intersection", "intersection_overlap", "negated_overlap", "learned_silence"]
@@ -72,6 +72,7 @@ class TrainConfig(pydantic.BaseModel, extra="forbid"):
     roi_variant: RoiVariantName = "learned_silence"
     focal_gamma: float = pydantic.Field(default=2.0, ge=0)
     perlin_scales: tuple[int, int] = (0, 6)
+    fill_modes: tuple[str, ...] = FILL_MODES
     """Perlin lattice exponents [lo, hi): 2**k cells per axis; higher k = smaller simulated defects."""
     seed: int = 0
     clean_share: float = pydantic.Field(default=0.5, ge=0, le=1)
@@ -240,7 +241,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self.disc.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.simulator = AnomalySimulator(clean_share=cfg.clean_share, min_scale_exp=cfg.perlin_scales[0],
-                                          max_scale_exp=cfg.perlin_scales[1])
+                                          max_scale_exp=cfg.perlin_scales[1], fill_modes=cfg.fill_modes)
         self.weights = LossWeights()
         unet_lr = cfg.unet_lr if cfg.unet_lr is not None else cfg.lr
         self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
@@ -581,6 +582,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path | None:
         "unet_lr": cfg.unet_lr,
         "focal_gamma": cfg.focal_gamma,
         "perlin_scales": list(cfg.perlin_scales),
+        "fill_modes": list(cfg.fill_modes),
         "val_fraction": cfg.val_fraction,
         "images_per_s": last.get("images_per_s"),
         "val_metrics": val,

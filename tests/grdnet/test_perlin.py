@@ -84,3 +84,16 @@ def test_grayscale_and_bad_input() -> None:
         AnomalySimulator(clean_share=1.5)
     with pytest.raises(ValueError, match="fill_modes"):
         AnomalySimulator(fill_modes=("texture",))
+
+
+def test_gray_fill_changes_brightness_only() -> None:
+    g = torch.Generator().manual_seed(7)
+    x = torch.full((6, 3, 32, 32), 0.5)
+    x[:, 0] = 0.45  # a tinted product, as the synthetic vials are
+    aug, mask = AnomalySimulator(clean_share=0.0, fill_modes=("gray",), beta_range=(0.0, 0.0))(x, g)
+    inside = mask.bool().expand_as(aug)
+    filled = aug[inside].view(-1)
+    assert filled.numel() > 0
+    per_sample = aug.permute(0, 2, 3, 1)[mask[:, 0].bool()]  # (pixels, 3): every channel the same value
+    assert torch.allclose(per_sample[:, 0], per_sample[:, 1]) and torch.allclose(per_sample[:, 1], per_sample[:, 2])
+    assert torch.equal(aug[~inside], x[~inside])  # outside the mask the image is untouched

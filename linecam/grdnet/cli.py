@@ -39,6 +39,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fill-modes", type=lambda v: tuple(v.split(",")), default=None,
                    help="simulated-defect fills, comma separated from pixels,solid,smooth,gray "
                         "(default pixels,solid,smooth)")
+    p.add_argument("--no-refresh-bn", action="store_true",
+                   help="skip the per-epoch BatchNorm re-estimation before validation (for comparisons)")
     p.add_argument("--unet-lr", type=float, default=None, help="U-Net learning rate (default: --lr)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/training/checkpoint_last.pt")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
@@ -103,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, "lr": args.lr, "roi_variant": args.roi_variant, "seed": args.seed,
         "device": args.device, "precision": args.precision, "workers": args.workers,
         "max_steps_per_epoch": args.max_steps_per_epoch, "require_roi": args.require_roi, "name": args.name,
-        "version": args.version, "progress": not args.no_progress,
+        "version": args.version, "progress": not args.no_progress, "refresh_bn": not args.no_refresh_bn,
         "command": " ".join(shlex.quote(a) for a in ["linecam", *sys.argv[1:]]),
     }
     for key in ("rotation", "clean_share", "val_fraction", "focal_gamma", "perlin_scales", "unet_lr", "fill_modes"):

@@ -73,6 +73,8 @@ class TrainConfig(pydantic.BaseModel, extra="forbid"):
     focal_gamma: float = pydantic.Field(default=2.0, ge=0)
     perlin_scales: tuple[int, int] = (0, 6)
     fill_modes: tuple[str, ...] = FILL_MODES
+    refresh_bn: bool = True
+    """Re-estimate BatchNorm statistics each epoch before validation (see ``Trainer.refresh_bn_stats``)."""
     """Perlin lattice exponents [lo, hi): 2**k cells per axis; higher k = smaller simulated defects."""
     seed: int = 0
     clean_share: float = pydantic.Field(default=0.5, ge=0, le=1)
@@ -359,6 +361,46 @@ class Trainer:
         return losses
 
     @torch.no_grad()
+    def refresh_bn_stats(self, max_images: int = 128) -> None:
+        """Re-estimate the BatchNorm running statistics of the generator, then of the U-Net, as inference runs.
+
+        Why: during training the U-Net sees reconstructions of the *train-mode* generator (batch statistics),
+        while inference feeds it those of the *eval-mode* generator (running statistics), and the running
+        averages lag behind weights that move every step. The mismatch made the eval-mode U-Net's validation
+        loss jump 5-10x between epochs while its training loss stayed flat, and the best-by-val checkpoint
+        could hold a U-Net that answered 0.49 everywhere. Recomputing the statistics (a cumulative average over
+        a fixed set of simulated training batches, the generator first, then the U-Net on the eval-mode
+        generator's output) makes the saved model the model that was validated.
+        """
+        n = min(len(self.train_ds), max_images)
+        bs = max(1, self.cfg.batch_size)
+        gen = torch.Generator().manual_seed(self.cfg.seed + 777)
+        batches = []
+        for s in range(0, n, bs):
+            x, roi = _stack(self.train_ds, list(range(s, min(s + bs, n))))
+            x, roi = random_rotate(x, roi, self.cfg.rotation, gen)
+            batches.append(self._to_device(self._simulate(x, gen)[0]))
+        ac = autocast_for(self.device, self.precision)
+        generator, unet = self.model.generator, self.model.unet
+        for net, run in ((generator, lambda xa: generator(xa)),
+                         (unet, lambda xa: unet(xa, generator.reconstruct(xa)))):
+            bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            momenta = [m.momentum for m in bns]
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the refresh batches
+            self.model.eval()
+            net.train()
+            try:
+                for xa in batches:
+                    with ac:
+                        run(xa)
+            finally:
+                for m, mom in zip(bns, momenta, strict=True):
+                    m.momentum = mom
+        self.model.train()
+
+    @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Loss on the held-out good images with fixed noise: drives the LR schedule and the best checkpoint.
 
@@ -424,6 +466,8 @@ class Trainer:
             if bar is not None:
                 bar.close()
             elapsed = time.perf_counter() - t0
+            if cfg.refresh_bn:
+                self.refresh_bn_stats()
             _sync_buffers([self.model, self.disc], self.info)
             steps = max(1, min(n_steps, len(loader)))
             record = {"epoch": epoch + 1, **{f"train_{k}": v / steps for k, v in sums.items()}}
@@ -583,6 +627,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path | None:
         "focal_gamma": cfg.focal_gamma,
         "perlin_scales": list(cfg.perlin_scales),
         "fill_modes": list(cfg.fill_modes),
+        "refresh_bn": cfg.refresh_bn,
         "val_fraction": cfg.val_fraction,
         "images_per_s": last.get("images_per_s"),
         "val_metrics": val,

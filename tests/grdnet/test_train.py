@@ -116,3 +116,29 @@ def test_cli_train_eval_predict(dataset: Path, tmp_path: Path, capsys: pytest.Ca
     rc = cmd_train(parser.parse_args(["train", "--data", str(dataset), "--out", str(tmp_path / "x"),
                                       "--profile-set", "latent_size=4"]))
     assert rc == 2 and "unknown ModelProfile field(s) ['latent_size']" in capsys.readouterr().err
+
+
+def test_refresh_bn_stats_matches_inference(dataset: Path, tmp_path: Path) -> None:
+    """BatchNorm statistics are re-estimated as inference runs: G first, then the U-Net on eval-mode G output."""
+    trainer = Trainer(_cfg(dataset, tmp_path / "m", epochs=1))
+    g_bn = trainer.model.generator.encoder.features[1][0].bn1  # first BN after the stem
+    u_bn = trainer.model.unet.stem[1]
+    for bn in (g_bn, u_bn):
+        bn.running_mean.fill_(100.0)  # stale statistics, as after weights moved
+    seen: dict[str, list[torch.Tensor]] = {"g": [], "u": []}
+    g_mode: list[bool] = []
+    def on_u(module: object, inputs: tuple[torch.Tensor, ...], output: object) -> None:
+        seen["u"].append(inputs[0].detach().mean(dim=(0, 2, 3)))
+        g_mode.append(trainer.model.generator.training)
+
+    hooks = [g_bn.register_forward_hook(lambda m, i, o: seen["g"].append(i[0].detach().mean(dim=(0, 2, 3)))),
+             u_bn.register_forward_hook(on_u)]
+    trainer.refresh_bn_stats(max_images=8)
+    for h in hooks:
+        h.remove()
+    # a cumulative average over the refresh batches (equal-size batches: the mean of their means)
+    assert torch.allclose(g_bn.running_mean, torch.stack(seen["g"]).mean(0), atol=1e-5)
+    assert torch.allclose(u_bn.running_mean, torch.stack(seen["u"]).mean(0), atol=1e-5)
+    # while the U-Net's statistics were taken, the generator ran in eval mode, as at inference
+    assert g_mode and not any(g_mode)
+    assert g_bn.momentum == 0.1 and u_bn.momentum == 0.1 and trainer.model.training

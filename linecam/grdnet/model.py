@@ -176,7 +176,7 @@ class DiscriminativeUNet(nn.Module):
         self.profile = profile
         u = profile.unet_widths
         self.stem = nn.Sequential(
-            patchify(2 * profile.in_channels, u[0], profile.stem_stride),
+            patchify(2 * profile.in_channels, u[0], profile.unet_stem()),
             nn.BatchNorm2d(u[0]),
             nn.ReLU(inplace=False),
             ConvBNAct(u[0], u[0]),
@@ -186,7 +186,7 @@ class DiscriminativeUNet(nn.Module):
         )
         self.up = nn.ModuleList(nn.ConvTranspose2d(u[i + 1], u[i], 2, stride=2) for i in range(len(u) - 1))
         self.merge = nn.ModuleList(DoubleConv(2 * u[i], u[i]) for i in range(len(u) - 1))
-        self.head = unpatchify(u[0], 1, profile.stem_stride)
+        self.head = unpatchify(u[0], 1, profile.unet_stem())
 
     def forward(self, x: Tensor, x_hat: Tensor) -> Tensor:
         c = self.profile.in_channels

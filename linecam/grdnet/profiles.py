@@ -41,6 +41,9 @@ class ModelProfile(pydantic.BaseModel, frozen=True, extra="forbid"):
     # Added to the fixed API: the downsampling factor of the first (full-resolution) layer of every network.
     # A k x k stride-k conv is a PixelUnshuffle followed by a 1x1 conv: cheap at full resolution and exact.
     stem_stride: int = pydantic.Field(default=4, ge=1)
+    # The U-Net's own stem stride when it differs (None: ``stem_stride``). The U-Net is the network that must
+    # tell a 3 px particle from a bubble ring, so it may keep more resolution than the generator.
+    unet_stem_stride: int | None = pydantic.Field(default=None, ge=1)
 
     @pydantic.field_validator("gen_widths", "disc_widths", "unet_widths")
     @classmethod
@@ -59,7 +62,11 @@ class ModelProfile(pydantic.BaseModel, frozen=True, extra="forbid"):
     @property
     def unet_stride(self) -> int:
         """Total downsampling of the U-Net encoder; inputs are padded to a multiple of it."""
-        return self.stem_stride * 2 ** (len(self.unet_widths) - 1)
+        return self.unet_stem() * 2 ** (len(self.unet_widths) - 1)
+
+    def unet_stem(self) -> int:
+        """Stride of the U-Net's patchify stem."""
+        return self.unet_stem_stride if self.unet_stem_stride is not None else self.stem_stride
 
     def latent_side(self, size: int | None = None) -> int:
         """Side of the CRAE latent grid for a square input of ``size`` (default ``image_size``)."""

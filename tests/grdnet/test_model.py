@@ -84,6 +84,15 @@ def test_grdnet_stem_stride_one_and_two() -> None:
             assert net(torch.rand(1, 3, 48, 48)).shape == (1, 1, 48, 48)
 
 
+def test_unet_keeps_its_own_stem_stride() -> None:
+    profile = tiny(72).model_copy(update={"stem_stride": 4, "unet_stem_stride": 2})
+    net = build_grdnet(ModelProfile.model_validate(profile.model_dump())).eval()
+    assert net.unet.stem[0].stride == (2, 2) and net.generator.encoder.features[0].stride == (4, 4)
+    assert profile.unet_stride == 2 * 2 ** (len(profile.unet_widths) - 1)
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 72, 72)).shape == (1, 1, 72, 72)  # 72 is no multiple of either stride
+
+
 def test_discriminator_logits_and_features() -> None:
     d = build_discriminator(tiny(96))
     logits, feats = d(torch.rand(3, 3, 96, 96))

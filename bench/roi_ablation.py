@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--focal-gamma", type=float, default=2.0)
     ap.add_argument("--perlin-scales", type=int, nargs=2, default=(0, 6))
+    ap.add_argument("--unet-stem-stride", type=int, default=None, help="override the fast profile's U-Net stem")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="keep the models here; a variant already trained there is reused, not retrained")
     ap.add_argument("--no-table", action="store_true", help="train (and evaluate) only; write no JSON")
@@ -65,7 +66,10 @@ def main() -> None:
             trained_here = not (out / "card.json").is_file()
             if trained_here:
                 cfg = TrainConfig(data=Path(args.data), out=out, profile="fast",
-                                  profile_overrides={"image_size": args.size}, epochs=args.epochs,
+                                  profile_overrides={"image_size": args.size,
+                                                     **({"unet_stem_stride": args.unet_stem_stride}
+                                                        if args.unet_stem_stride else {})},
+                                  epochs=args.epochs,
                                   batch_size=args.batch_size, lr=args.lr, roi_variant=variant, seed=1,
                                   rotation=0.1, progress=False, focal_gamma=args.focal_gamma,
                                   perlin_scales=tuple(args.perlin_scales))
@@ -89,7 +93,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     if args.no_table:
         return
-    print(f"\nROI ablation: fast profile at {args.size}px, {args.epochs} epochs, focal gamma {args.focal_gamma}, "
+    print(f"\nROI ablation: fast profile (U-Net stem {args.unet_stem_stride or 'default'}) at {args.size}px, "
+          f"{args.epochs} epochs, focal gamma {args.focal_gamma}, "
           f"Perlin scales {args.perlin_scales}, no mask at inference")
     head = ("variant", "img AUROC", "px AUROC", "AUPRO", "out-ROI FRR", "out-ROI peak")
     print(f"{head[0]:22s} {head[1]:>9s} {head[2]:>9s} {head[3]:>7s} {head[4]:>11s} {head[5]:>12s}")
@@ -100,6 +105,7 @@ def main() -> None:
     print(f"best (lowest out-of-ROI FRR, then AUROC): {best['variant']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"size": args.size, "epochs": args.epochs, "lr": args.lr,
+                                           "unet_stem_stride": args.unet_stem_stride,
                                            "focal_gamma": args.focal_gamma,
                                            "perlin_scales": list(args.perlin_scales), "rows": rows}, indent=1))
 

@@ -27,6 +27,7 @@ def tiny(size: int, bottleneck: str = "crae", stem: int = 4) -> ModelProfile:
         dense_latent=32,
         bottleneck=bottleneck,
         stem_stride=stem,
+        unet_stem_stride=None,  # every network uses ``stem``
     )
 
 

@@ -65,10 +65,10 @@ def main() -> None:
             out = work / variant
             trained_here = not (out / "card.json").is_file()
             if trained_here:
-                cfg = TrainConfig(data=Path(args.data), out=out, profile="fast",
-                                  profile_overrides={"image_size": args.size,
-                                                     **({"unet_stem_stride": args.unet_stem_stride}
-                                                        if args.unet_stem_stride else {})},
+                overrides = {"image_size": args.size}
+                if args.unet_stem_stride:
+                    overrides["unet_stem_stride"] = args.unet_stem_stride
+                cfg = TrainConfig(data=Path(args.data), out=out, profile="fast", profile_overrides=overrides,
                                   epochs=args.epochs,
                                   batch_size=args.batch_size, lr=args.lr, roi_variant=variant, seed=1,
                                   rotation=0.1, progress=False, focal_gamma=args.focal_gamma,

@@ -39,7 +39,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from linecam.lifecycle.archive import MASK_SUFFIX, REVIEWED_DIR, ArchiveError, day_folders, is_sidecar
+from linecam.lifecycle.archive import (
+    MASK_SUFFIX,
+    REVIEWED_DIR,
+    VERDICT_SUFFIX,
+    ArchiveError,
+    day_folders,
+    is_sidecar,
+)
+from linecam.runtime.regions import REGIONS_FILE, RegionError, load_regions
 from linecam.synth.layout import GOOD_KINDS, IMAGE_SUFFIXES, CheckReport, DatasetError, check_dataset
 
 __all__ = ["FromArchiveResult", "RegionCrop", "ReviewedImage", "build_dataset", "collect_reviewed",
@@ -69,8 +77,6 @@ class RegionCrop:
 
 def region_crop(calibration: str | Path, name: str) -> RegionCrop:
     """The region ``name`` of ``<calibration>/regions.yaml`` as a crop; ArchiveError naming the file otherwise."""
-    from linecam.runtime.regions import REGIONS_FILE, RegionError, load_regions
-
     try:
         regions = load_regions(calibration)
     except RegionError as exc:
@@ -86,8 +92,6 @@ def region_crop(calibration: str | Path, name: str) -> RegionCrop:
 
 def _in_region_by_verdict(frame: Path, region: str, problems: list[str]) -> bool | None:
     """Whether the archived verdict of ``frame`` rejected it in ``region`` (score above threshold)."""
-    from linecam.lifecycle.archive import VERDICT_SUFFIX
-
     sidecar = frame.with_name(frame.stem + VERDICT_SUFFIX)
     try:
         record = json.loads(sidecar.read_text())

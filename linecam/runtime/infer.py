@@ -51,12 +51,7 @@ from linecam.runtime.transport import event_push, frame_pull_bind, stop_authenti
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InferWorker", "card_threshold", "load_detectors", "main", "to_rgb8"]
-
-
-def card_threshold(model_dir: Path) -> float | None:
-    """The calibrated threshold in ``<model_dir>/card.json``, or None when the card has none."""
-    return card_version_threshold(model_dir)[1]
+__all__ = ["InferWorker", "card_version_threshold", "load_detectors", "main", "to_rgb8"]
 
 
 def card_version_threshold(model_dir: Path) -> tuple[str, float | None]:
@@ -121,7 +116,6 @@ class _Probation:
 
     detector: Detector  # the PREVIOUS version's detector
     model_dir: Path
-    threshold: tuple[str, float | None] | None  # the previous version's card (version, threshold)
     version: str  # the new version on probation
     previous_version: str
     remaining: int  # frames (crops) the new version must still serve without error
@@ -167,7 +161,9 @@ class InferWorker:
         self.model_dirs: dict[str, Path] = {name: cfg.models[name].model_dir() for name in used_models(cfg)}
         self.detectors: dict[str, Detector] = (dict(detectors) if detectors is not None
                                                else load_detectors(cfg, detector_factory, self.model_dirs))
-        self._card_thresholds: dict[str, tuple[str, float | None]] = {}
+        # (version, card threshold) per model FOLDER: a published folder never changes, so entries stay valid
+        # across swaps and rollbacks and need no saving or restoring.
+        self._card_thresholds: dict[Path, tuple[str, float | None]] = {}
         self.regions = self._resolve_regions()
         self._probation: dict[str, _Probation] = {}
         self.swap_counter = swap_counter(self.metrics.registry)
@@ -222,9 +218,10 @@ class InferWorker:
                 if region.model not in self.detectors:
                     raise ConfigError(f"camera {cam.name} region {region.name}: no detector for model "
                                       f"{region.model!r}")
-                if region.model not in card_cache:
-                    card_cache[region.model] = card_version_threshold(self.model_dirs[region.model])
-                version, from_card = card_cache[region.model]
+                folder = self.model_dirs[region.model]
+                if folder not in card_cache:
+                    card_cache[folder] = card_version_threshold(folder)
+                version, from_card = card_cache[folder]
                 threshold, origin = region.threshold_for(version, from_card)
                 if threshold is None:
                     raise ConfigError(f"camera {cam.name} region {region.name}: no threshold for model "
@@ -403,23 +400,18 @@ class InferWorker:
             if name in self._probation:  # a newer version arrived while one is on probation: settle that first
                 self._commit(name)
             old_detector, old_dir = self.detectors[name], self.model_dirs[name]
-            old_threshold = self._card_thresholds.get(name)
             self.detectors[name], self.model_dirs[name] = candidate.detector, candidate.path
-            self._card_thresholds[name] = (candidate.version, candidate.threshold)
+            self._card_thresholds[candidate.path] = (candidate.version, candidate.threshold)  # the checked card
             try:
                 self.regions = self._resolve_regions()
             except (ConfigError, ValueError) as exc:
                 self.detectors[name], self.model_dirs[name] = old_detector, old_dir
-                if old_threshold is None:
-                    self._card_thresholds.pop(name, None)
-                else:
-                    self._card_thresholds[name] = old_threshold
                 log.error("model %s: version %s REFUSED: %s", name, candidate.version, exc)
                 watcher.count("load_error")
                 candidate.detector.close()
                 continue
             watcher.active_version = candidate.version
-            self._probation[name] = _Probation(old_detector, old_dir, old_threshold, watcher.active_version,
+            self._probation[name] = _Probation(old_detector, old_dir, watcher.active_version,
                                                old_dir.name, self.cfg.infer.swap_probation_frames)
             watcher.count("swapped")
             self._publish_model_info()
@@ -444,10 +436,6 @@ class InferWorker:
         probation = self._probation.pop(model)
         failed = self.detectors[model]
         self.detectors[model], self.model_dirs[model] = probation.detector, probation.model_dir
-        if probation.threshold is None:
-            self._card_thresholds.pop(model, None)
-        else:
-            self._card_thresholds[model] = probation.threshold
         self.regions = self._resolve_regions()
         watcher = self.watchers[model]
         watcher.active_version = probation.previous_version

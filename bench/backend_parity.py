@@ -25,7 +25,9 @@ from linecam.synth.layout import load_index
 VARIANTS: tuple[tuple[str, str, dict[str, object]], ...] = (
     ("fp32 eager (reference)", "torch-cpu", {"precision": "fp32", "mode": "eager"}),
     ("torch-cpu fp32 jit", "torch-cpu", {"precision": "fp32", "mode": "jit"}),
+    ("torch-cpu bf16 eager", "torch-cpu", {"precision": "bf16", "mode": "eager"}),
     ("torch-cpu bf16 jit (default)", "torch-cpu", {"precision": "bf16", "mode": "jit"}),
+    ("torch-cpu bf16 jit, BN folded in bf16", "torch-cpu", {"precision": "bf16", "mode": "jit", "fold_bf16": True}),
     ("onnxruntime fp32", "onnxruntime", {}),
 )
 
@@ -64,7 +66,7 @@ def main() -> None:
         try:
             det = create_detector(args.model, backend, threads=args.threads, **opts)
         except Exception as exc:  # a backend missing here (e.g. no model.onnx yet) is reported, not fatal
-            print(f"{title:30s} unavailable: {exc}")
+            print(f"{title:38s} unavailable: {exc}")
             continue
         t0 = time.perf_counter()
         scores = score_all(det, images, args.batch)
@@ -78,9 +80,9 @@ def main() -> None:
                      "mean_abs_diff": float(diff.mean()), "images_per_s": len(images) / elapsed})
     ref_auroc = rows[0]["auroc"]
     print(f"\n{len(images)} images of {args.split}, batch {args.batch}, {args.threads} thread(s)")
-    print(f"{'variant':30s} {'AUROC':>7s} {'dAUROC':>8s} {'max|ds|':>9s} {'mean|ds|':>9s} {'img/s':>7s}")
+    print(f"{'variant':38s} {'AUROC':>7s} {'dAUROC':>8s} {'max|ds|':>9s} {'mean|ds|':>9s} {'img/s':>7s}")
     for r in rows:
-        print(f"{r['variant']:30s} {r['auroc']:7.4f} {r['auroc'] - ref_auroc:+8.4f} {r['max_abs_diff']:9.2e} "
+        print(f"{r['variant']:38s} {r['auroc']:7.4f} {r['auroc'] - ref_auroc:+8.4f} {r['max_abs_diff']:9.2e} "
               f"{r['mean_abs_diff']:9.2e} {r['images_per_s']:7.1f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"model": args.model, "split": args.split, "rows": rows}, indent=1))

@@ -123,6 +123,9 @@ class TransportConfig(_Strict):
 
 class InferConfig(_Strict):
     backend: str = "auto"
+    #: extra options for the backend's factory, e.g. ``{precision: fp32}`` to run torch-cpu in exact fp32
+    #: where the bf16 scores drift too far for a model; ``threads`` comes from ``threads`` below.
+    backend_options: dict[str, Any] = Field(default_factory=dict)
     #: how often the worker reads the CURRENT pointer of registry models (hot swap).
     swap_poll_s: float = Field(1.0, gt=0, le=3600)
     #: frames a swapped-in version must serve without error before the previous one is released; an error

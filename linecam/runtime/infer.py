@@ -80,8 +80,21 @@ def load_detectors(cfg: LineConfig, factory: Callable[..., Detector] = create_de
     and the thresholds it reads come from the same version); by default each reference is resolved here.
     """
     dirs = model_dirs or {name: cfg.models[name].model_dir() for name in used_models(cfg)}
-    return {name: factory(dirs[name], backend=cfg.infer.backend, threads=cfg.infer.threads)
-            for name in used_models(cfg)}
+    return {name: open_detector(cfg, dirs[name], factory) for name in used_models(cfg)}
+
+
+def open_detector(cfg: LineConfig, path: Path, factory: Callable[..., Detector] = create_detector) -> Detector:
+    """Open one model folder with the configured backend, thread count and ``infer.backend_options``.
+
+    An option the backend does not take is reported as a configuration error naming the field, not as a
+    bare ``TypeError`` from deep inside the backend.
+    """
+    options = dict(cfg.infer.backend_options)
+    try:
+        return factory(path, backend=cfg.infer.backend, threads=cfg.infer.threads, **options)
+    except TypeError as exc:
+        raise ValueError(f"infer.backend_options {options} do not fit backend {cfg.infer.backend!r} "
+                         f"for {path}: {exc}") from exc
 
 
 def to_rgb8(image: np.ndarray, pixel_format: str) -> np.ndarray:
@@ -362,7 +375,7 @@ class InferWorker:
 
     # -- hot swap ----------------------------------------------------------------------------------------
     def _open_detector(self, path: Path) -> Detector:
-        return self._factory(path, backend=self.cfg.infer.backend, threads=self.cfg.infer.threads)
+        return open_detector(self.cfg, path, self._factory)
 
     def _make_warmer(self, model: str) -> Callable[[Detector], None]:
         """A function that runs a candidate on blank crops of every shape this model sees here, at batch

@@ -20,7 +20,7 @@ import yaml
 import zmq
 
 from linecam.runtime.audit import read_audit
-from linecam.runtime.infer import InferWorker
+from linecam.runtime.infer import InferWorker, load_detectors
 from linecam.runtime.messages import (
     Announcement,
     FrameHeader,
@@ -361,3 +361,22 @@ def test_frames_past_their_deadline_are_not_inferred(make_config, rt) -> None:
     assert (v_old.decision, v_old.reason) == ("reject", "timeout") and "stale" in v_old.detail
     assert v_new.reason == "ok" and det.calls == [1]  # only the fresh frame reached the detector
     worker.close()
+
+
+def test_backend_options_reach_the_backend_and_bad_ones_name_the_field(make_config, tiny_model_dir: Path) -> None:
+    cfg = make_config(model_dir=tiny_model_dir)
+    exact = cfg.model_copy(update={"infer": cfg.infer.model_copy(
+        update={"backend": "torch-cpu", "backend_options": {"precision": "fp32", "mode": "eager"}})})
+    detectors = load_detectors(exact)
+    try:
+        det = detectors["demo"]
+        assert (det.precision, det.mode) == ("fp32", "eager")  # type: ignore[attr-defined]
+        image = np.random.default_rng(1).integers(0, 255, (1, 64, 64, 3), np.uint8)
+        assert np.isfinite(det.detect(image).scores).all()
+    finally:
+        for det in detectors.values():
+            det.close()
+    wrong = cfg.model_copy(update={"infer": cfg.infer.model_copy(
+        update={"backend": "torch-cpu", "backend_options": {"colour": "blue"}})})
+    with pytest.raises(ValueError, match="infer.backend_options.*colour"):
+        load_detectors(wrong)

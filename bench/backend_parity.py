@@ -27,7 +27,7 @@ VARIANTS: tuple[tuple[str, str, dict[str, object]], ...] = (
     ("torch-cpu fp32 jit", "torch-cpu", {"precision": "fp32", "mode": "jit"}),
     ("torch-cpu bf16 eager", "torch-cpu", {"precision": "bf16", "mode": "eager"}),
     ("torch-cpu bf16 jit (default)", "torch-cpu", {"precision": "bf16", "mode": "jit"}),
-    ("torch-cpu bf16 jit, BN folded in bf16", "torch-cpu", {"precision": "bf16", "mode": "jit", "fold_bf16": True}),
+    ("torch-cpu bf16 jit, BN unfolded", "torch-cpu", {"precision": "bf16", "mode": "jit", "fold_bf16": False}),
     ("onnxruntime fp32", "onnxruntime", {}),
 )
 

@@ -143,7 +143,7 @@ def make_variants(
         variants += [
             ("torch-cpu bf16 eager", torch_cpu("bf16", "eager")),
             ("torch-cpu bf16 jit (default)", torch_cpu("bf16", "jit")),
-            ("torch-cpu bf16 jit, BN folded in bf16", torch_cpu("bf16", "jit", fold_bf16=True)),
+            ("torch-cpu bf16 jit, BN unfolded", torch_cpu("bf16", "jit", fold_bf16=False)),
         ]
         if with_compile:
             variants.append(

@@ -13,15 +13,16 @@ switch (``torch.jit.enable_onednn_fusion``) and, like the profiling executor, it
 batch size: the first two calls at a new size take ~100 ms extra. ``warmup`` lists batch sizes to run at
 construction so the line never pays that on a product.
 
-In bf16 the freeze runs without its numerics-altering passes (``optimize_numerics=False``): folding
-conv + BatchNorm in bf16 multiplies already-rounded weights by a rounded scale, and on the demo model that
-moved the test-split AUROC by +0.008 from fp32 (over the 0.005 bar) against +0.003 without it, for about
-20% more time at batch 1 (``bench/infer.py`` shows both). ``fold_bf16=True`` brings the folding back.
-Folding BatchNorm into the weights in fp32 before the cast was tried too; it drifted further (+0.007).
+``torch.jit.freeze`` folds conv + BatchNorm in the compute dtype; in bf16 that rounds the folded weights a
+second time. Whether that moves the scores more than bf16 itself does depends on the model: on the session-2
+demo model the folded graph drifted further from fp32 (test-split AUROC +0.008 against +0.003 unfolded), on
+the current demo model the unfolded LLGA graph drifted further (-0.020 against +0.002 folded). Folding stays
+the default; ``fold_bf16=False`` keeps BatchNorm unfolded. ``bench/backend_parity.py`` measures both on a
+labelled split; where neither is close enough, run the line in fp32 (``infer.backend_options``).
 
 Options: ``precision`` ("auto" = bf16 when oneDNN supports it, "bf16", "fp32"), ``mode`` ("jit" or
 "eager"), ``fuse`` (True), ``threads`` (``torch.set_num_threads``; process-wide), ``warmup`` (batch sizes),
-``fold_bf16`` (False).
+``fold_bf16`` (True).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class TorchCpuDetector(TorchGraphDetector):
         threads: int | None = None,
         fuse: bool = True,
         warmup: Sequence[int] = (),
-        fold_bf16: bool = False,
+        fold_bf16: bool = True,
     ) -> None:
         super().__init__(model_version, input_size)
         if mode not in MODES:

@@ -14,9 +14,9 @@ batch size: the first two calls at a new size take ~100 ms extra. ``warmup`` lis
 construction so the line never pays that on a product.
 
 ``torch.jit.freeze`` folds conv + BatchNorm in the compute dtype; in bf16 that rounds the folded weights a
-second time. Whether that moves the scores more than bf16 itself does depends on the model: on the session-2
-demo model the folded graph drifted further from fp32 (test-split AUROC +0.008 against +0.003 unfolded), on
-the current demo model the unfolded LLGA graph drifted further (-0.020 against +0.002 folded). Folding stays
+second time. Whether that moves the scores more than bf16 itself does depends on the model: on demo/2
+the folded graph drifted further from fp32 (test-split AUROC +0.008 against +0.003 unfolded), on demo/3
+the unfolded LLGA graph drifted further (-0.020 against +0.002 folded). Folding stays
 the default; ``fold_bf16=False`` keeps BatchNorm unfolded. ``bench/backend_parity.py`` measures both on a
 labelled split; where neither is close enough, run the line in fp32 (``infer.backend_options``).
 

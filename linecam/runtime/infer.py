@@ -89,7 +89,7 @@ def open_detector(cfg: LineConfig, path: Path, factory: Callable[..., Detector] 
     An option the backend does not take is reported as a configuration error naming the field, not as a
     bare ``TypeError`` from deep inside the backend.
     """
-    options = dict(cfg.infer.backend_options)
+    options = cfg.infer.backend_options
     try:
         return factory(path, backend=cfg.infer.backend, threads=cfg.infer.threads, **options)
     except TypeError as exc:

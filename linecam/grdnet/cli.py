@@ -50,6 +50,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rotation", type=float, default=None, help="max random rotation in radians (default pi/2)")
     p.add_argument("--clean-share", type=float, default=None, help="share of samples without simulated anomaly")
     p.add_argument("--val-fraction", type=float, default=None, help="share of train/good held out for the val loss")
+    p.add_argument("--select-by", default=None, choices=["val_loss", "val_auroc"],
+                   help="which epoch ships: lowest held-out loss, or best image AUROC on the labelled --select-split")
+    p.add_argument("--select-split", default=None, help="labelled split for --select-by val_auroc (default: val)")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="keep an EMA of the weights with this decay (e.g. 0.99) and ship it")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--require-roi", action="store_true", help="fail if any training image has no ROI mask")
@@ -108,7 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "version": args.version, "progress": not args.no_progress, "refresh_bn": not args.no_refresh_bn,
         "command": " ".join(shlex.quote(a) for a in ["linecam", *sys.argv[1:]]),
     }
-    for key in ("rotation", "clean_share", "val_fraction", "focal_gamma", "perlin_scales", "unet_lr", "fill_modes"):
+    for key in ("rotation", "clean_share", "val_fraction", "focal_gamma", "perlin_scales", "unet_lr", "fill_modes",
+                "select_by", "select_split", "ema_decay"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     overrides: dict[str, Any] = {}

@@ -118,6 +118,10 @@ def write_report(out_dir: str | Path, model: GRDNet, preds: dict[str, Prediction
     """Write roc.png, cases/*.png and index.html under ``out_dir``; returns the index path."""
     out = Path(out_dir)
     (out / "cases").mkdir(parents=True, exist_ok=True)
+    # Panels of an earlier report in the same folder would sit next to this one's and could be taken for the
+    # current model's worst cases: remove the files this function names (NN_kind_stem.png), nothing else.
+    for stale in (out / "cases").glob("[0-9][0-9]_*.png"):
+        stale.unlink()
     plot_roc_curves(preds, out / "roc.png")
     thr = float(metrics["threshold"])
     test = preds["test"]

@@ -11,11 +11,18 @@ Why the shape of this module: everything a run needs to continue after an interr
 schedulers, epoch, RNG) is in ``checkpoint_last.pt``; the same code runs single-process and under
 ``torchrun`` (DDP, gloo on CPU / nccl on CUDA, only rank 0 writes); precision is bf16 autocast with
 channels_last on CPU (AMX makes it ~5x faster than fp32) and fp16 AMP on CUDA.
+
+Which weights ship: by default those of the epoch with the lowest held-out loss (the paper's choice). That loss
+is ~99% generator terms and did not predict real-defect quality: one recipe gave test image AUROC 0.87, 0.60
+and 0.72 over three seeds. ``select_by="val_auroc"`` picks the epoch by image AUROC on the labelled ``val``
+split and ``ema_decay`` ships an average of the weights; with both, the two failed seeds reached 0.85 and
+0.76 after 20 epochs, 0.92 and 0.88 after 40.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -35,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from linecam.grdnet.datasets import InspectionDataset, list_records, summarize
+from linecam.grdnet.datasets import DatasetError, InspectionDataset, list_records, list_splits, summarize
 from linecam.grdnet.losses import (
     LossWeights,
     discriminative_loss,
@@ -81,6 +88,14 @@ class TrainConfig(pydantic.BaseModel, extra="forbid"):
     rotation: float = pydantic.Field(default=math.pi / 2, ge=0, le=math.pi)
     """Max absolute random rotation in radians (paper 4.1: pi/2); 0 disables it."""
     val_fraction: float = pydantic.Field(default=0.1, gt=0, lt=1)
+    select_by: Literal["val_loss", "val_auroc"] = "val_loss"
+    """Which epoch's weights ship. ``val_loss``: the held-out loss on good images with fixed simulated noise
+    (~99% generator terms). ``val_auroc``: image AUROC on the labelled ``select_split`` (good and real defects),
+    the split that later calibrates the threshold -- never the test split."""
+    select_split: str = "val"
+    ema_decay: float | None = pydantic.Field(default=None, gt=0, lt=1)
+    """Keep an exponential moving average of the generator and U-Net weights; when set, the EMA weights are the
+    ones validated, selected and shipped (the raw weights keep training)."""
     device: Literal["cpu", "cuda"] = "cpu"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     workers: int = pydantic.Field(default=0, ge=0)
@@ -264,8 +279,13 @@ class Trainer:
             self.g = ddp(self.model.generator, device_ids=ids)
             self.u = ddp(self.model.unet, device_ids=ids)
             self.d = ddp(self.disc, device_ids=ids)
+        self.ema: GRDNet | None = None
+        if cfg.ema_decay is not None:
+            self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.ema_steps = 0
         self.start_epoch = 0
         self.best_val = math.inf
+        """Best selection value so far, lower is better: the val loss, or 1 - val AUROC (``select_by``)."""
         self.history: list[dict[str, float]] = []
         self._prepare_data()
 
@@ -285,6 +305,29 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.seed + 12345)
         x_aug, mask = self._simulate(x, gen)  # FIXED noise, cached once: comparable val loss across epochs
         self.val_batch = Batch(x, x_aug, mask, roi)
+        self.select_ds: InspectionDataset | None = None
+        if cfg.select_by == "val_auroc":
+            self.select_ds = self._selection_split()
+
+    def _selection_split(self) -> InspectionDataset:
+        """The labelled split whose image AUROC picks the shipped epoch; it needs good and defective images."""
+        cfg = self.cfg
+        if cfg.select_split not in list_splits(cfg.data):
+            raise TrainError(f"{cfg.data}: select_by val_auroc needs a labelled split '{cfg.select_split}' "
+                             f"(found: {', '.join(list_splits(cfg.data))})")
+        if cfg.select_split == "test":
+            raise TrainError("select_split must not be 'test': the test split only reports, it never chooses")
+        try:
+            records = list_records(cfg.data, cfg.select_split)
+        except DatasetError as exc:
+            raise TrainError(str(exc)) from exc
+        labels = {r.label for r in records}
+        if labels != {0, 1}:
+            raise TrainError(f"{cfg.data}: split '{cfg.select_split}' needs both good and defective images to "
+                             f"select by AUROC (labels found: {sorted(labels)})")
+        ds = InspectionDataset(records, self.profile.image_size, cache=True)
+        ds.preload()
+        return ds
 
     def _simulate(self, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """Perlin anomalies on a CPU batch; a ``clean_share`` of samples keeps no anomaly (target all zero)."""
@@ -356,12 +399,35 @@ class Trainer:
         self.scaler.step(self.opt_u)
         self.scaler.update()
 
+        if self.ema is not None:
+            self._update_ema()
+
         losses = {"d": float(loss_d.detach()), "g": float(loss_g.detach()), "u": float(loss_u.detach())}
         losses.update({f"g_{k}": v for k, v in parts.items()})
         return losses
 
     @torch.no_grad()
-    def refresh_bn_stats(self, max_images: int = 128) -> None:
+    def _update_ema(self) -> None:
+        """ema <- d * ema + (1 - d) * weights for every floating parameter; BatchNorm statistics are not
+        averaged: they are re-estimated for the EMA weights before each validation (``refresh_bn_stats``)."""
+        assert self.ema is not None and self.cfg.ema_decay is not None
+        self.ema_steps += 1
+        # Warm-up: early on the average follows the weights closely, so a short run is not dominated by the
+        # random initial weights (0.999**1350 would still leave them a 26% share after 20 fast epochs).
+        d = min(self.cfg.ema_decay, (1.0 + self.ema_steps) / (10.0 + self.ema_steps))
+        for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+            e.lerp_(p.detach(), 1.0 - d)
+        if not self.cfg.refresh_bn:
+            for eb, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+                eb.copy_(b)
+
+    @property
+    def shipped(self) -> GRDNet:
+        """The weights that are validated and shipped: the EMA when kept, else the trained ones."""
+        return self.ema if self.ema is not None else self.model
+
+    @torch.no_grad()
+    def refresh_bn_stats(self, max_images: int = 128, model: GRDNet | None = None) -> None:
         """Re-estimate the BatchNorm running statistics of the generator, then of the U-Net, as inference runs.
 
         Why: during training the U-Net sees reconstructions of the *train-mode* generator (batch statistics),
@@ -381,7 +447,8 @@ class Trainer:
             x, roi = random_rotate(x, roi, self.cfg.rotation, gen)
             batches.append(self._to_device(self._simulate(x, gen)[0]))
         ac = autocast_for(self.device, self.precision)
-        generator, unet = self.model.generator, self.model.unet
+        target = model if model is not None else self.model
+        generator, unet = target.generator, target.unet
         for net, run in ((generator, lambda xa: generator(xa)),
                          (unet, lambda xa: unet(xa, generator.reconstruct(xa)))):
             bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -389,7 +456,7 @@ class Trainer:
             for m in bns:
                 m.reset_running_stats()
                 m.momentum = None  # cumulative average over the refresh batches
-            self.model.eval()
+            target.eval()
             net.train()
             try:
                 for xa in batches:
@@ -398,7 +465,7 @@ class Trainer:
             finally:
                 for m, mom in zip(bns, momenta, strict=True):
                     m.momentum = mom
-        self.model.train()
+        target.train()
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -406,7 +473,8 @@ class Trainer:
 
         Excludes the adversarial term (it measures the discriminator as much as the generator).
         """
-        self.model.eval()
+        net = self.shipped
+        net.eval()
         self.disc.eval()
         vb = self.val_batch
         sums: dict[str, float] = {}
@@ -415,10 +483,10 @@ class Trainer:
         for s in range(0, n, bs):
             x, x_aug, mask, roi = (self._to_device(t[s:s + bs]) for t in (vb.x, vb.x_aug, vb.mask, vb.roi))
             with autocast_for(self.device, self.precision):
-                out = self.model.generator(x_aug)
+                out = net.generator(x_aug)
                 _, feat_real = self.disc(x)
                 _, feat_fake = self.disc(out.x_hat)
-                logits = self.model.unet(x_aug, out.x_hat)
+                logits = net.unet(x_aug, out.x_hat)
             g_out = GeneratorOutput(out.x_hat.float(), out.z.float(), out.z_hat.float())
             _, parts = generator_loss(x.float(), g_out, feat_real.float(), feat_fake.float(), self.weights)
             u = discriminative_loss(torch.sigmoid(logits.float()), mask, roi, self.cfg.roi_variant,
@@ -427,12 +495,27 @@ class Trainer:
             vals["u"] = float(u)
             for k, v in vals.items():
                 sums[k] = sums.get(k, 0.0) + v * x.shape[0]
-        self.model.train()
+        net.train()
         self.disc.train()
         res = {f"val_{k}": v / n for k, v in sums.items()}
         w = self.weights
         res["val_loss"] = w.w2 * res["val_g_con"] + w.w3 * res["val_g_enc"] + res["val_u"]
         return res
+
+    @torch.no_grad()
+    def selection_auroc(self, model: GRDNet) -> float:
+        """Image AUROC of ``model`` on the labelled selection split, scored as at inference (no ROI given)."""
+        from linecam.grdnet.evaluate import image_auroc, predict_dataset
+
+        assert self.select_ds is not None
+        preds = predict_dataset(model, self.select_ds, batch_size=max(1, self.cfg.batch_size),
+                                device=str(self.device), precision=self.precision)
+        model.train()
+        return image_auroc(preds.labels, preds.scores)
+
+    def selection_value(self, record: dict[str, Any]) -> float:
+        """Lower is better: the val loss, or 1 - val AUROC."""
+        return 1.0 - record["val_auroc"] if self.cfg.select_by == "val_auroc" else record["val_loss"]
 
     # ----------------------------------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
@@ -468,19 +551,27 @@ class Trainer:
             elapsed = time.perf_counter() - t0
             if cfg.refresh_bn:
                 self.refresh_bn_stats()
-            _sync_buffers([self.model, self.disc], self.info)
+                if self.ema is not None:
+                    self.refresh_bn_stats(model=self.ema)
+            _sync_buffers([self.model, self.disc] + ([self.ema] if self.ema is not None else []), self.info)
             steps = max(1, min(n_steps, len(loader)))
             record = {"epoch": epoch + 1, **{f"train_{k}": v / steps for k, v in sums.items()}}
             record.update(self.validate())
             record["val_loss"] = _all_mean(record["val_loss"], self.info, self.device)
+            if self.select_ds is not None:
+                # Every rank holds the same weights and data, so every rank computes the same value.
+                record["val_auroc"] = self.selection_auroc(self.shipped)
+                if self.ema is not None:  # the trained weights too, to show what the average buys (one more pass)
+                    record["val_auroc_raw"] = self.selection_auroc(self.model)
             record["images_per_s"] = seen / max(elapsed, 1e-9)
             record["lr"] = self.opt_g.param_groups[0]["lr"]
             for sched in self.schedulers.values():
                 sched.step(record["val_loss"])
             self.history.append(record)
-            improved = record["val_loss"] < self.best_val
+            value = self.selection_value(record)
+            improved = value < self.best_val
             if improved:
-                self.best_val = record["val_loss"]
+                self.best_val = value
             if self.info.is_main:
                 self._save_checkpoint(epoch + 1, best=improved)
                 # Plotting costs ~1 s: every PLOT_EVERY epochs and at the end, the JSON history every epoch.
@@ -502,6 +593,8 @@ class Trainer:
             "config": json.loads(self.cfg.model_dump_json()),
             "profile": self.profile.model_dump(),
             "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ema_steps": self.ema_steps,
             "discriminator": self.disc.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
@@ -515,8 +608,9 @@ class Trainer:
         st = self.state(epoch)
         _atomic_save(st, self.train_dir / CHECKPOINT_LAST)
         if best:
-            _atomic_save({"epoch": epoch, "val_loss": self.best_val, "profile": st["profile"],
-                          "model": st["model"]}, self.train_dir / CHECKPOINT_BEST)
+            shipped = st["ema"] if st["ema"] is not None else st["model"]
+            _atomic_save({"epoch": epoch, "select_by": self.cfg.select_by, "value": self.best_val,
+                          "profile": st["profile"], "model": shipped}, self.train_dir / CHECKPOINT_BEST)
 
     def resume(self) -> int:
         """Continue from ``checkpoint_last.pt``: restores models, optimisers, schedulers, history and RNG."""
@@ -528,7 +622,16 @@ class Trainer:
             raise TrainError(f"{path}: not a linecam GRD-Net checkpoint")
         if st["profile"] != self.profile.model_dump():
             raise TrainError(f"{path}: checkpoint profile differs from the requested one; use the same --profile")
+        was = st.get("config", {}).get("select_by", "val_loss")
+        if was != self.cfg.select_by:
+            raise TrainError(f"{path}: the run chose its best epoch by {was}, not {self.cfg.select_by}; resume with "
+                             f"--select-by {was} (the best value so far would otherwise be compared across metrics)")
         self.model.load_state_dict(st["model"])
+        if self.ema is not None:
+            if st.get("ema") is None:
+                raise TrainError(f"{path}: checkpoint has no EMA weights; resume with the same --ema-decay")
+            self.ema.load_state_dict(st["ema"])
+            self.ema_steps = int(st.get("ema_steps", 0))
         self.disc.load_state_dict(st["discriminator"])
         for k, o in self.optimizers.items():
             o.load_state_dict(st["optimizers"][k])
@@ -554,7 +657,7 @@ class Trainer:
         model = build_grdnet(self.profile)
         best = self.train_dir / CHECKPOINT_BEST
         state = torch.load(best, map_location="cpu", weights_only=False)["model"] if best.is_file() else \
-            {k: v.cpu() for k, v in self.model.state_dict().items()}
+            {k: v.cpu() for k, v in self.shipped.state_dict().items()}
         model.load_state_dict(state)
         return model.eval()
 
@@ -612,7 +715,14 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path | None:
         return None
     model = trainer.best_model()
     val = {k: v for k, v in last.items() if k.startswith("val_")}
-    val["best_val_loss"] = trainer.best_val
+    val["selected_by"] = cfg.select_by
+    if cfg.select_by == "val_auroc":
+        val["best_val_auroc"] = 1.0 - trainer.best_val
+    else:
+        val["best_val_loss"] = trainer.best_val
+    chosen = [h for h in trainer.history if trainer.selection_value(h) == trainer.best_val]
+    if chosen:
+        val["selected_epoch"] = chosen[0]["epoch"]
     training = {
         **trainer.data_summary(),
         "epochs": cfg.epochs,
@@ -629,6 +739,9 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path | None:
         "fill_modes": list(cfg.fill_modes),
         "refresh_bn": cfg.refresh_bn,
         "val_fraction": cfg.val_fraction,
+        "select_by": cfg.select_by,
+        "select_split": cfg.select_split if cfg.select_by == "val_auroc" else None,
+        "ema_decay": cfg.ema_decay,
         "images_per_s": last.get("images_per_s"),
         "val_metrics": val,
     }

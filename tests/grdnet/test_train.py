@@ -97,7 +97,15 @@ def test_cli_train_eval_predict(dataset: Path, tmp_path: Path, capsys: pytest.Ca
     card = read_card(model_dir)
     assert card.threshold == pytest.approx(m["threshold"])
     assert (tmp_path / "report" / "index.html").read_text().count("<img") >= 2
-    assert len(list((tmp_path / "report" / "cases").glob("*.png"))) >= 2
+    cases = sorted(p.name for p in (tmp_path / "report" / "cases").glob("*.png"))
+    assert len(cases) >= 2
+    # A second report into the same folder replaces the first one's panels instead of mixing with them.
+    (tmp_path / "report" / "cases" / "07_good_9999.png").write_bytes(b"stale")
+    (tmp_path / "report" / "cases" / "notes.png").write_bytes(b"user file")
+    rc = cmd_eval(parser.parse_args(["eval", "--model", str(model_dir), "--data", str(dataset), "--json",
+                                     str(metrics_json), "--report", str(tmp_path / "report"), "--precision", "fp32"]))
+    assert rc == 0
+    assert sorted(p.name for p in (tmp_path / "report" / "cases").glob("*.png")) == sorted([*cases, "notes.png"])
     load_model_dir(model_dir)  # card rewritten, hashes still valid
     images = sorted((dataset / "test" / "spot").glob("*.png"))[:2]
     pred_json = tmp_path / "pred.json"
@@ -142,3 +150,73 @@ def test_refresh_bn_stats_matches_inference(dataset: Path, tmp_path: Path) -> No
     # while the U-Net's statistics were taken, the generator ran in eval mode, as at inference
     assert g_mode and not any(g_mode)
     assert g_bn.momentum == 0.1 and u_bn.momentum == 0.1 and trainer.model.training
+
+
+def test_select_by_val_auroc_ships_the_best_labelled_epoch(dataset: Path, tmp_path: Path) -> None:
+    """The shipped weights are those of the epoch with the best image AUROC on the labelled val split."""
+    from linecam.grdnet.datasets import open_split
+    from linecam.grdnet.evaluate import image_auroc, predict_dataset
+
+    cfg = _cfg(dataset, tmp_path / "m", epochs=4, max_steps_per_epoch=2, select_by="val_auroc")
+    run_training(cfg)
+    hist = json.loads((cfg.out / TRAINING_SUBDIR / "history.json").read_text())
+    aurocs = [h["val_auroc"] for h in hist]
+    assert all(0.0 <= a <= 1.0 for a in aurocs)
+    best_epoch = 1 + max(range(len(aurocs)), key=lambda i: (aurocs[i], -i))  # first epoch with the best value
+    model, card = load_model_dir(cfg.out)
+    vm = card.training["val_metrics"]
+    assert vm["selected_by"] == "val_auroc" and vm["selected_epoch"] == best_epoch
+    assert vm["best_val_auroc"] == pytest.approx(max(aurocs))
+    assert card.training["select_split"] == "val"
+    # Re-scoring the shipped model on the val split reproduces the AUROC recorded for its epoch.
+    preds = predict_dataset(model, open_split(dataset, "val", 32), batch_size=4, precision="fp32")
+    assert image_auroc(preds.labels, preds.scores) == pytest.approx(max(aurocs), abs=1e-9)
+
+
+def test_select_by_val_auroc_refuses_test_or_unlabelled_split(dataset: Path, tmp_path: Path) -> None:
+    from linecam.grdnet.train import TrainError
+
+    with pytest.raises(TrainError, match="must not be 'test'"):
+        Trainer(_cfg(dataset, tmp_path / "a", epochs=1, select_by="val_auroc", select_split="test"))
+    with pytest.raises(TrainError, match="needs both good and defective"):
+        Trainer(_cfg(dataset, tmp_path / "b", epochs=1, select_by="val_auroc", select_split="train"))
+    with pytest.raises(TrainError, match="labelled split 'calib'"):
+        Trainer(_cfg(dataset, tmp_path / "c", epochs=1, select_by="val_auroc", select_split="calib"))
+
+
+def test_ema_weights_average_with_warmup_and_resume(dataset: Path, tmp_path: Path) -> None:
+    """EMA: ema <- d*ema + (1-d)*w with d = min(decay, (1+n)/(10+n)); saved, resumed, and the one shipped."""
+    out = tmp_path / "m"
+    trainer = Trainer(_cfg(dataset, out, epochs=1, max_steps_per_epoch=2, ema_decay=0.9))
+    assert trainer.ema is not None and trainer.shipped is trainer.ema
+    w = next(trainer.model.parameters())
+    e = next(trainer.ema.parameters())
+    with torch.no_grad():
+        w.fill_(1.0)
+        e.fill_(0.0)
+    trainer._update_ema()  # step 1: d = 2/11
+    assert torch.allclose(e, torch.full_like(e, 9 / 11))
+    trainer.ema_steps = 1000
+    with torch.no_grad():
+        e.fill_(0.0)
+    trainer._update_ema()  # warm-up over: d = 0.9
+    assert torch.allclose(e, torch.full_like(e, 0.1))
+    trainer.fit()
+    ck = torch.load(out / TRAINING_SUBDIR / CHECKPOINT_LAST, weights_only=False)
+    assert ck["ema_steps"] == 1003
+    # The ema differs from the trained weights, and the best checkpoint holds the ema, not the raw weights.
+    best = torch.load(out / TRAINING_SUBDIR / "checkpoint_best.pt", weights_only=False)["model"]
+    raw, ema = trainer.model.state_dict(), trainer.ema.state_dict()
+    key = next(k for k in raw if k.endswith("weight") and not torch.equal(raw[k], ema[k]))
+    assert torch.equal(best[key], ema[key]) and not torch.equal(best[key], raw[key])
+    resumed = Trainer(_cfg(dataset, out, epochs=2, max_steps_per_epoch=2, ema_decay=0.9))
+    assert resumed.resume() == 1 and resumed.ema_steps == 1003
+    assert resumed.ema is not None and torch.equal(resumed.ema.state_dict()[key], ema[key])
+    plain = Trainer(_cfg(dataset, tmp_path / "plain", epochs=1, max_steps_per_epoch=1))
+    plain.fit()
+    with_ema = Trainer(_cfg(dataset, tmp_path / "plain", epochs=2, ema_decay=0.9))
+    with pytest.raises(RuntimeError, match="no EMA weights"):
+        with_ema.resume()
+    by_auroc = Trainer(_cfg(dataset, tmp_path / "plain", epochs=2, select_by="val_auroc"))
+    with pytest.raises(RuntimeError, match="chose its best epoch by val_loss"):
+        by_auroc.resume()

@@ -42,7 +42,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from linecam.grdnet.datasets import DatasetError, InspectionDataset, list_records, list_splits, summarize
+from linecam.grdnet.datasets import (
+    DatasetError,
+    InspectionDataset,
+    list_records,
+    list_splits,
+    open_split,
+    summarize,
+)
 from linecam.grdnet.losses import (
     LossWeights,
     discriminative_loss,
@@ -312,20 +319,19 @@ class Trainer:
     def _selection_split(self) -> InspectionDataset:
         """The labelled split whose image AUROC picks the shipped epoch; it needs good and defective images."""
         cfg = self.cfg
-        if cfg.select_split not in list_splits(cfg.data):
-            raise TrainError(f"{cfg.data}: select_by val_auroc needs a labelled split '{cfg.select_split}' "
-                             f"(found: {', '.join(list_splits(cfg.data))})")
         if cfg.select_split == "test":
             raise TrainError("select_split must not be 'test': the test split only reports, it never chooses")
+        splits = list_splits(cfg.data)
+        if cfg.select_split not in splits:
+            raise TrainError(f"{cfg.data}: select_by val_auroc needs a labelled split '{cfg.select_split}' "
+                             f"(found: {', '.join(splits)})")
         try:
-            records = list_records(cfg.data, cfg.select_split)
+            ds = open_split(cfg.data, cfg.select_split, self.profile.image_size, cache=True)
         except DatasetError as exc:
             raise TrainError(str(exc)) from exc
-        labels = {r.label for r in records}
-        if labels != {0, 1}:
+        if set(ds.labels) != {0, 1}:
             raise TrainError(f"{cfg.data}: split '{cfg.select_split}' needs both good and defective images to "
-                             f"select by AUROC (labels found: {sorted(labels)})")
-        ds = InspectionDataset(records, self.profile.image_size, cache=True)
+                             f"select by AUROC (labels found: {sorted(set(ds.labels))})")
         ds.preload()
         return ds
 
@@ -409,7 +415,8 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         """ema <- d * ema + (1 - d) * weights for every floating parameter; BatchNorm statistics are not
-        averaged: they are re-estimated for the EMA weights before each validation (``refresh_bn_stats``)."""
+        averaged: before each validation they are re-estimated for the EMA weights (``refresh_bn_stats``), or
+        copied from the trained weights when the refresh is off."""
         assert self.ema is not None and self.cfg.ema_decay is not None
         self.ema_steps += 1
         # Warm-up: early on the average follows the weights closely, so a short run is not dominated by the
@@ -417,9 +424,6 @@ class Trainer:
         d = min(self.cfg.ema_decay, (1.0 + self.ema_steps) / (10.0 + self.ema_steps))
         for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
             e.lerp_(p.detach(), 1.0 - d)
-        if not self.cfg.refresh_bn:
-            for eb, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
-                eb.copy_(b)
 
     @property
     def shipped(self) -> GRDNet:
@@ -427,7 +431,7 @@ class Trainer:
         return self.ema if self.ema is not None else self.model
 
     @torch.no_grad()
-    def refresh_bn_stats(self, max_images: int = 128, model: GRDNet | None = None) -> None:
+    def refresh_bn_stats(self, max_images: int = 128) -> None:
         """Re-estimate the BatchNorm running statistics of the generator, then of the U-Net, as inference runs.
 
         Why: during training the U-Net sees reconstructions of the *train-mode* generator (batch statistics),
@@ -436,7 +440,8 @@ class Trainer:
         loss jump 5-10x between epochs while its training loss stayed flat, and the best-by-val checkpoint
         could hold a U-Net that answered 0.49 everywhere. Recomputing the statistics (a cumulative average over
         a fixed set of simulated training batches, the generator first, then the U-Net on the eval-mode
-        generator's output) makes the saved model the model that was validated.
+        generator's output) makes the saved model the model that was validated. The trained weights and, when
+        kept, the EMA weights are refreshed on the same batches.
         """
         n = min(len(self.train_ds), max_images)
         bs = max(1, self.cfg.batch_size)
@@ -446,8 +451,12 @@ class Trainer:
             x, roi = _stack(self.train_ds, list(range(s, min(s + bs, n))))
             x, roi = random_rotate(x, roi, self.cfg.rotation, gen)
             batches.append(self._to_device(self._simulate(x, gen)[0]))
+        for target in (self.model, self.ema):
+            if target is not None:
+                self._refresh_bn_of(target, batches)
+
+    def _refresh_bn_of(self, target: GRDNet, batches: list[Tensor]) -> None:
         ac = autocast_for(self.device, self.precision)
-        target = model if model is not None else self.model
         generator, unet = target.generator, target.unet
         for net, run in ((generator, lambda xa: generator(xa)),
                          (unet, lambda xa: unet(xa, generator.reconstruct(xa)))):
@@ -551,8 +560,9 @@ class Trainer:
             elapsed = time.perf_counter() - t0
             if cfg.refresh_bn:
                 self.refresh_bn_stats()
-                if self.ema is not None:
-                    self.refresh_bn_stats(model=self.ema)
+            elif self.ema is not None:  # without the refresh the EMA validates on the trained running stats
+                for eb, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+                    eb.copy_(b)
             _sync_buffers([self.model, self.disc] + ([self.ema] if self.ema is not None else []), self.info)
             steps = max(1, min(n_steps, len(loader)))
             record = {"epoch": epoch + 1, **{f"train_{k}": v / steps for k, v in sums.items()}}
@@ -720,9 +730,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path | None:
         val["best_val_auroc"] = 1.0 - trainer.best_val
     else:
         val["best_val_loss"] = trainer.best_val
-    chosen = [h for h in trainer.history if trainer.selection_value(h) == trainer.best_val]
-    if chosen:
-        val["selected_epoch"] = chosen[0]["epoch"]
+    if trainer.history:
+        val["selected_epoch"] = min(trainer.history, key=trainer.selection_value)["epoch"]
     training = {
         **trainer.data_summary(),
         "epochs": cfg.epochs,

@@ -53,6 +53,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--select-by", default=None, choices=["val_loss", "val_auroc"],
                    help="which epoch ships: lowest held-out loss, or best image AUROC on the labelled --select-split")
     p.add_argument("--select-split", default=None, help="labelled split for --select-by val_auroc (default: val)")
+    p.add_argument("--unet-prior", type=float, default=None,
+                   help="initial anomaly probability of the U-Net head (default 0.01; 0 = PyTorch's default init)")
+    p.add_argument("--lr-schedule", default=None, choices=["plateau", "cosine"],
+                   help="plateau: the paper's reduce-on-plateau on the val loss (default); cosine: down to 1%% by the "
+                        "last epoch")
     p.add_argument("--ema-decay", type=float, default=None,
                    help="keep an EMA of the weights with this decay (e.g. 0.99) and ship it")
     p.add_argument("--workers", type=int, default=0)
@@ -114,7 +119,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "command": " ".join(shlex.quote(a) for a in ["linecam", *sys.argv[1:]]),
     }
     for key in ("rotation", "clean_share", "val_fraction", "focal_gamma", "perlin_scales", "unet_lr", "fill_modes",
-                "select_by", "select_split", "ema_decay"):
+                "select_by", "select_split", "ema_decay", "lr_schedule",
+                "unet_prior"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     overrides: dict[str, Any] = {}

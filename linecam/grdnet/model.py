@@ -11,6 +11,7 @@ encoder is only needed for the training loss) then the U-Net on cat(x, x_hat) an
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -224,6 +225,19 @@ class GRDNet(nn.Module):
 def build_grdnet(profile: ModelProfile) -> GRDNet:
     """Build the inference model (generator + U-Net) for ``profile``."""
     return GRDNet(profile)
+
+
+def init_head_prior(model: GRDNet, prior: float) -> None:
+    """Start the U-Net's output bias at logit(``prior``) so the untrained map says "anomaly" with probability
+    ``prior`` everywhere (see ``TrainConfig.unet_prior`` for why)."""
+    if not 0.0 < prior < 1.0:
+        raise ValueError(f"init_head_prior: prior must be in (0, 1), got {prior}")
+    head = model.unet.head
+    conv = head if isinstance(head, nn.Conv2d) else next(iter(head.children()), None)
+    if not isinstance(conv, nn.Conv2d) or conv.bias is None:
+        raise TypeError("init_head_prior: the U-Net head does not start with a biased Conv2d")
+    with torch.no_grad():
+        conv.bias.fill_(math.log(prior / (1.0 - prior)))
 
 
 def build_discriminator(profile: ModelProfile) -> Discriminator:

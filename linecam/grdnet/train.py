@@ -56,7 +56,7 @@ from linecam.grdnet.losses import (
     discriminator_loss,
     generator_loss,
 )
-from linecam.grdnet.model import GeneratorOutput, GRDNet, build_discriminator, build_grdnet
+from linecam.grdnet.model import GeneratorOutput, GRDNet, build_discriminator, build_grdnet, init_head_prior
 from linecam.grdnet.perlin import FILL_MODES, AnomalySimulator
 from linecam.grdnet.profiles import ModelProfile, get_profile
 
@@ -66,6 +66,13 @@ CHECKPOINT_BEST = "checkpoint_best.pt"
 TRAINING_SUBDIR = "training"
 PLOT_EVERY = 10
 PLATEAU_FACTOR = math.exp(-0.1)  # paper eq. 7: LR_k = LR_{k-1} * e^{-alpha}, alpha = 0.1
+COSINE_FLOOR = 0.01  # the cosine schedule ends at 1% of the starting LR
+
+
+def cosine_factor(epoch: int, epochs: int) -> float:
+    """LR multiplier of epoch ``epoch`` (0-based) of ``epochs``: half a cosine from 1 down to COSINE_FLOOR."""
+    t = min(max(epoch, 0), epochs) / max(epochs, 1)
+    return COSINE_FLOOR + (1.0 - COSINE_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 class TrainError(RuntimeError):
@@ -100,6 +107,16 @@ class TrainConfig(pydantic.BaseModel, extra="forbid"):
     (~99% generator terms). ``val_auroc``: image AUROC on the labelled ``select_split`` (good and real defects),
     the split that later calibrates the threshold -- never the test split."""
     select_split: str = "val"
+    unet_prior: float = pydantic.Field(default=0.01, ge=0, lt=1)
+    """Initial anomaly probability of the U-Net head (its bias starts at logit(prior), as RetinaNet's focal-loss
+    prior). Why: with PyTorch's default init (p = 0.5 everywhere) the background pixels, 99% of the loss, teach
+    the head to fire negative weights on ReLU features everywhere and to mark anomalies by switching the features
+    off; the logit of an anomaly is then capped at the bias and the map never exceeds ~0.5. 0 keeps the default
+    init (the runs before this option)."""
+    lr_schedule: Literal["plateau", "cosine"] = "plateau"
+    """``plateau``: the paper's reduce-on-plateau on the val loss (patience 3, factor e^-0.1). ``cosine``: the LR
+    falls each epoch along half a cosine to 1% at the last epoch, for runs whose val loss never plateaus (then the
+    paper's schedule never lowers the LR and the trained weights keep jumping from epoch to epoch)."""
     ema_decay: float | None = pydantic.Field(default=None, gt=0, lt=1)
     """Keep an exponential moving average of the generator and U-Net weights; when set, the EMA weights are the
     ones validated, selected and shipped (the raw weights keep training)."""
@@ -259,6 +276,8 @@ class Trainer:
         self.train_dir = cfg.out / TRAINING_SUBDIR
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
         self.model: GRDNet = build_grdnet(self.profile).to(self.device)
+        if cfg.unet_prior > 0:
+            init_head_prior(self.model, cfg.unet_prior)
         self.disc = build_discriminator(self.profile).to(self.device)
         self.channels_last = self.device.type == "cpu" and self.precision == "bf16"
         if self.channels_last:
@@ -272,10 +291,17 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
         self.opt_u = torch.optim.Adam(self.model.unet.parameters(), lr=unet_lr)
         self.optimizers = {"generator": self.opt_g, "discriminator": self.opt_d, "unet": self.opt_u}
-        self.schedulers = {
-            k: torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="min", factor=PLATEAU_FACTOR, patience=3)
-            for k, o in self.optimizers.items()
-        }
+        self.schedulers: dict[str, Any]
+        if cfg.lr_schedule == "cosine":
+            self.schedulers = {
+                k: torch.optim.lr_scheduler.LambdaLR(o, lambda e: cosine_factor(e, cfg.epochs))
+                for k, o in self.optimizers.items()
+            }
+        else:
+            self.schedulers = {
+                k: torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="min", factor=PLATEAU_FACTOR, patience=3)
+                for k, o in self.optimizers.items()
+            }
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.g: nn.Module = self.model.generator
         self.u: nn.Module = self.model.unet
@@ -576,7 +602,10 @@ class Trainer:
             record["images_per_s"] = seen / max(elapsed, 1e-9)
             record["lr"] = self.opt_g.param_groups[0]["lr"]
             for sched in self.schedulers.values():
-                sched.step(record["val_loss"])
+                if self.cfg.lr_schedule == "cosine":
+                    sched.step()
+                else:
+                    sched.step(record["val_loss"])
             self.history.append(record)
             value = self.selection_value(record)
             improved = value < self.best_val
@@ -636,6 +665,10 @@ class Trainer:
         if was != self.cfg.select_by:
             raise TrainError(f"{path}: the run chose its best epoch by {was}, not {self.cfg.select_by}; resume with "
                              f"--select-by {was} (the best value so far would otherwise be compared across metrics)")
+        was = st.get("config", {}).get("lr_schedule", "plateau")
+        if was != self.cfg.lr_schedule:
+            raise TrainError(f"{path}: the run used --lr-schedule {was}, not {self.cfg.lr_schedule}; resume with "
+                             f"--lr-schedule {was}")
         self.model.load_state_dict(st["model"])
         if self.ema is not None:
             if st.get("ema") is None:
@@ -743,6 +776,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path | None:
         "clean_share": cfg.clean_share,
         "lr": cfg.lr,
         "unet_lr": cfg.unet_lr,
+        "lr_schedule": cfg.lr_schedule,
+        "unet_prior": cfg.unet_prior,
         "focal_gamma": cfg.focal_gamma,
         "perlin_scales": list(cfg.perlin_scales),
         "fill_modes": list(cfg.fill_modes),

@@ -12,6 +12,7 @@ from linecam.grdnet.model import (
     GeneratorOutput,
     build_discriminator,
     build_grdnet,
+    init_head_prior,
 )
 from linecam.grdnet.profiles import PROFILES, ModelProfile, get_profile
 
@@ -147,3 +148,19 @@ def test_profiles() -> None:
     with pytest.raises(ValueError, match="gen_widths"):
         get_profile("fast", gen_widths=())
     assert get_profile("fast", bottleneck="drae").bottleneck == "drae"
+
+
+@pytest.mark.parametrize("stem", [1, 2])
+def test_head_prior_sets_the_untrained_map_to_the_prior(stem: int) -> None:
+    """init_head_prior(0.01): the untrained map says ~1% everywhere instead of 50% (default init)."""
+    torch.manual_seed(0)
+    net = build_grdnet(tiny(48, stem=stem)).eval()
+    x = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        default = net(x)
+        init_head_prior(net, 0.01)
+        prior = net(x)
+    assert 0.2 < float(default.median()) < 0.8
+    assert 0.004 < float(prior.median()) < 0.025 and float(prior.max()) < 0.2
+    with pytest.raises(ValueError, match="prior must be in"):
+        init_head_prior(net, 1.0)

@@ -11,7 +11,15 @@ import torch
 
 from linecam.grdnet.cli import cmd_eval, cmd_predict, cmd_train, register
 from linecam.grdnet.modeldir import load_model_dir, read_card
-from linecam.grdnet.train import CHECKPOINT_LAST, TRAINING_SUBDIR, TrainConfig, Trainer, run_training
+from linecam.grdnet.train import (
+    CHECKPOINT_LAST,
+    COSINE_FLOOR,
+    TRAINING_SUBDIR,
+    TrainConfig,
+    Trainer,
+    cosine_factor,
+    run_training,
+)
 from tests.grdnet.builders import TINY, make_vial_dataset
 
 
@@ -79,11 +87,13 @@ def test_cli_train_eval_predict(dataset: Path, tmp_path: Path, capsys: pytest.Ca
     rc = cmd_train(parser.parse_args(["train", "--data", str(dataset), "--out", str(model_dir), "--image-size", "32",
                                       "--epochs", "1", "--batch-size", "4", "--max-steps-per-epoch", "2",
                                       "--no-progress", "--name", "vials", "--version", "7", "--focal-gamma", "0.5",
-                                      "--perlin-scales", "3", "5", "--profile-set", "gen_widths=[16,32]"]))
+                                      "--perlin-scales", "3", "5", "--profile-set", "gen_widths=[16,32]",
+                                      "--lr-schedule", "cosine"]))
     assert rc == 0
     assert read_card(model_dir).command.startswith("linecam ")
     training = read_card(model_dir).training
     assert training["focal_gamma"] == 0.5 and training["perlin_scales"] == [3, 5]
+    assert training["lr_schedule"] == "cosine" and training["unet_prior"] == 0.01
     assert read_card(model_dir).profile.gen_widths == (16, 32)
     metrics_json = tmp_path / "metrics.json"
     rc = cmd_eval(parser.parse_args(["eval", "--model", str(model_dir), "--data", str(dataset), "--json",
@@ -220,3 +230,30 @@ def test_ema_weights_average_with_warmup_and_resume(dataset: Path, tmp_path: Pat
     by_auroc = Trainer(_cfg(dataset, tmp_path / "plain", epochs=2, select_by="val_auroc"))
     with pytest.raises(RuntimeError, match="chose its best epoch by val_loss"):
         by_auroc.resume()
+
+
+def test_cosine_schedule_lowers_lr_each_epoch_and_resume_keeps_it(dataset: Path, tmp_path: Path) -> None:
+    """--lr-schedule cosine: epoch e trains at lr * cosine_factor(e, E) in every optimiser; resume must match."""
+    out = tmp_path / "cos"
+    trainer = Trainer(_cfg(dataset, out, epochs=3, max_steps_per_epoch=1, lr=1e-3, lr_schedule="cosine"))
+    trainer.fit()
+    lrs = [r["lr"] for r in trainer.history]
+    assert lrs == pytest.approx([1e-3 * cosine_factor(e, 3) for e in range(3)])
+    assert lrs[0] == pytest.approx(1e-3) and lrs[0] > lrs[1] > lrs[2] > 1e-3 * COSINE_FLOOR
+    assert cosine_factor(3, 3) == pytest.approx(COSINE_FLOOR)
+    after = [o.param_groups[0]["lr"] for o in trainer.optimizers.values()]
+    assert after == pytest.approx([1e-3 * COSINE_FLOOR] * 3)
+    resumed = Trainer(_cfg(dataset, out, epochs=3, max_steps_per_epoch=1, lr=1e-3, lr_schedule="cosine"))
+    assert resumed.resume() == 3
+    assert resumed.opt_u.param_groups[0]["lr"] == pytest.approx(1e-3 * COSINE_FLOOR)
+    with pytest.raises(RuntimeError, match="used --lr-schedule cosine"):
+        Trainer(_cfg(dataset, out, epochs=4, max_steps_per_epoch=1, lr=1e-3)).resume()
+
+
+def test_trainer_starts_the_unet_head_at_the_prior(dataset: Path, tmp_path: Path) -> None:
+    head = Trainer(_cfg(dataset, tmp_path / "p", epochs=1, unet_prior=0.05)).model.unet.head
+    bias = (head if isinstance(head, torch.nn.Conv2d) else head[0]).bias
+    assert torch.allclose(bias, torch.full_like(bias, math.log(0.05 / 0.95)))
+    head = Trainer(_cfg(dataset, tmp_path / "d", epochs=1, unet_prior=0.0)).model.unet.head
+    bias = (head if isinstance(head, torch.nn.Conv2d) else head[0]).bias
+    assert float(bias.abs().max()) < 0.5  # PyTorch's default init: |b| <= 1/sqrt(fan_in)

@@ -119,8 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "command": " ".join(shlex.quote(a) for a in ["linecam", *sys.argv[1:]]),
     }
     for key in ("rotation", "clean_share", "val_fraction", "focal_gamma", "perlin_scales", "unet_lr", "fill_modes",
-                "select_by", "select_split", "ema_decay", "lr_schedule",
-                "unet_prior"):
+                "select_by", "select_split", "ema_decay", "lr_schedule", "unet_prior"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     overrides: dict[str, Any] = {}

@@ -247,7 +247,9 @@ def test_cosine_schedule_lowers_lr_each_epoch_and_resume_keeps_it(dataset: Path,
     assert resumed.resume() == 3
     assert resumed.opt_u.param_groups[0]["lr"] == pytest.approx(1e-3 * COSINE_FLOOR)
     with pytest.raises(RuntimeError, match="used --lr-schedule cosine"):
-        Trainer(_cfg(dataset, out, epochs=4, max_steps_per_epoch=1, lr=1e-3)).resume()
+        Trainer(_cfg(dataset, out, epochs=3, max_steps_per_epoch=1, lr=1e-3)).resume()
+    with pytest.raises(RuntimeError, match="laid over 3 epochs"):
+        Trainer(_cfg(dataset, out, epochs=5, max_steps_per_epoch=1, lr=1e-3, lr_schedule="cosine")).resume()
 
 
 def test_trainer_starts_the_unet_head_at_the_prior(dataset: Path, tmp_path: Path) -> None:

@@ -18,11 +18,11 @@ and 0.72 over three seeds. ``select_by="val_auroc"`` picks the epoch by image AU
 split and ``ema_decay`` ships an average of the weights; with both, the two failed seeds reached 0.85 and
 0.76 after 20 epochs, 0.92 and 0.88 after 40.
 
-``unet_prior`` starts the U-Net's output at a 1% anomaly probability: under PyTorch's default init every model
-ended with its map capped at ~0.5 (see the field). ``lr_schedule="cosine"`` lowers the LR to 1% by the last
-epoch, because the plateau schedule never fired; with it the trained weights' val AUROC stopped jumping between
-epochs. The two together gave the best val and test image AUROC so far with seed 2 (0.934 / 0.937) and the
-lowest test figure of all 40-epoch runs with seed 1 (0.902 / 0.860).
+``unet_prior`` starts the U-Net's output at a 1% anomaly probability: under PyTorch's default init the models
+of sessions 3-4 ended with their maps capped at ~0.5 (see the field). ``lr_schedule="cosine"`` lowers the LR to
+1% by the last epoch, because the plateau schedule never fired; with it the trained weights' val AUROC stopped
+jumping between epochs. The two together gave the best val and test image AUROC so far with seed 2 (0.934 /
+0.937) and the lowest test figure of all 40-epoch runs with seed 1 (0.902 / 0.860).
 """
 
 from __future__ import annotations

@@ -297,17 +297,7 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
         self.opt_u = torch.optim.Adam(self.model.unet.parameters(), lr=unet_lr)
         self.optimizers = {"generator": self.opt_g, "discriminator": self.opt_d, "unet": self.opt_u}
-        self.schedulers: dict[str, Any]
-        if cfg.lr_schedule == "cosine":
-            self.schedulers = {
-                k: torch.optim.lr_scheduler.LambdaLR(o, lambda e: cosine_factor(e, cfg.epochs))
-                for k, o in self.optimizers.items()
-            }
-        else:
-            self.schedulers = {
-                k: torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="min", factor=PLATEAU_FACTOR, patience=3)
-                for k, o in self.optimizers.items()
-            }
+        self.schedulers = {k: self._make_scheduler(o) for k, o in self.optimizers.items()}
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.g: nn.Module = self.model.generator
         self.u: nn.Module = self.model.unet
@@ -327,6 +317,20 @@ class Trainer:
         """Best selection value so far, lower is better: the val loss, or 1 - val AUROC (``select_by``)."""
         self.history: list[dict[str, float]] = []
         self._prepare_data()
+
+    def _make_scheduler(self, opt: torch.optim.Optimizer) -> Any:
+        """The per-epoch LR schedule of ``lr_schedule`` for one optimiser (stepped by ``_step_schedulers``)."""
+        if self.cfg.lr_schedule == "cosine":
+            epochs = self.cfg.epochs
+            return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: cosine_factor(e, epochs))
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=PLATEAU_FACTOR, patience=3)
+
+    def _step_schedulers(self, val_loss: float) -> None:
+        for sched in self.schedulers.values():
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step(val_loss)
+            else:
+                sched.step()
 
     # ----------------------------------------------------------------------------------------- data
     def _prepare_data(self) -> None:
@@ -607,11 +611,7 @@ class Trainer:
                     record["val_auroc_raw"] = self.selection_auroc(self.model)
             record["images_per_s"] = seen / max(elapsed, 1e-9)
             record["lr"] = self.opt_g.param_groups[0]["lr"]
-            for sched in self.schedulers.values():
-                if self.cfg.lr_schedule == "cosine":
-                    sched.step()
-                else:
-                    sched.step(record["val_loss"])
+            self._step_schedulers(record["val_loss"])
             self.history.append(record)
             value = self.selection_value(record)
             improved = value < self.best_val
@@ -667,15 +667,16 @@ class Trainer:
             raise TrainError(f"{path}: not a linecam GRD-Net checkpoint")
         if st["profile"] != self.profile.model_dump():
             raise TrainError(f"{path}: checkpoint profile differs from the requested one; use the same --profile")
-        was = st.get("config", {}).get("select_by", "val_loss")
+        saved = st.get("config", {})
+        was = saved.get("select_by", "val_loss")
         if was != self.cfg.select_by:
             raise TrainError(f"{path}: the run chose its best epoch by {was}, not {self.cfg.select_by}; resume with "
                              f"--select-by {was} (the best value so far would otherwise be compared across metrics)")
-        was = st.get("config", {}).get("lr_schedule", "plateau")
+        was = saved.get("lr_schedule", "plateau")
         if was != self.cfg.lr_schedule:
             raise TrainError(f"{path}: the run used --lr-schedule {was}, not {self.cfg.lr_schedule}; resume with "
                              f"--lr-schedule {was}")
-        planned = st.get("config", {}).get("epochs", self.cfg.epochs)
+        planned = saved.get("epochs", self.cfg.epochs)
         if was == "cosine" and planned != self.cfg.epochs:
             raise TrainError(f"{path}: the cosine schedule was laid over {planned} epochs; resume with --epochs "
                              f"{planned} (other lengths would bend the curve and raise the LR again)")

@@ -2,8 +2,9 @@
 
 Prints image AUROC, pixel AUROC (inside the ROI), AUPRO, F1-max, accuracy and false-reject rates at the
 calibrated threshold, the out-of-ROI false-reject rate with NO mask at inference (is the learned ROI attention
-silent outside the region?) and the test_unseen figures. With ``--fixed-mask`` the same run is repeated with a
-per-camera scoring mask as the baseline the learned attention is compared against.
+silent outside the region?) and the test_unseen figures. The image AUROC and the out-of-ROI rate carry their 95%
+intervals: on a few hundred test images they decide whether a gap to a bar is real. With ``--fixed-mask`` the
+same run is repeated with a per-camera scoring mask as the baseline the learned attention is compared against.
 
     .venv/bin/python bench/quality.py --model model/grdnet/1 --data data/vials
 """
@@ -28,7 +29,9 @@ def _print(title: str, m: dict) -> None:
     print(f"== {title} (threshold {m['threshold']:.5f}, calibrated on {m['calibration_split']})")
     for k in KEYS:
         if k in m and m[k] is not None:
-            print(f"  {k:36s} {m[k]:.4f}")
+            ci = m.get(f"{k}_ci95")
+            spread = f"  (95% interval {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""
+            print(f"  {k:36s} {m[k]:.4f}{spread}")
     if m.get("unseen"):
         for k, v in m["unseen"].items():
             print(f"  unseen {k:29s} {v:.4f}" if isinstance(v, float) else f"  unseen {k:29s} {v}")

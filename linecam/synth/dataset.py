@@ -29,11 +29,19 @@ PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
 
 
 def default_counts() -> dict[str, dict[str, int]]:
-    """Enough to train and evaluate a small model: 600 good for training, per-kind val/test sets."""
+    """Enough to train a small model (600 good) and to measure it against the issue's bars.
+
+    The evaluation splits are sized by what their figures must show, not by what training needs: ``test`` has
+    200 out-of-ROI images because a false-reject rate <= 2% can only be shown on about 200 images (0 rejects of
+    25 still leave an exact 95% upper bound of 14%); 200 good and 50 per defect kind put the image AUROC's
+    95% interval at about +-0.02. ``val`` (150 good, 40 per kind) chooses the shipped epoch and calibrates the
+    threshold, so its noise is the noise of both. Every image is derived from (seed, split, kind, index), so
+    growing a split appends images and leaves the existing ones bit-identical.
+    """
     counts: dict[str, dict[str, int]] = {
         "train": {GOOD: 600},
-        "val": {GOOD: 60, **{k: 15 for k in SEEN_KINDS}, OUTSIDE_ROI: 15},
-        "test": {GOOD: 100, **{k: 25 for k in SEEN_KINDS}, OUTSIDE_ROI: 25},
+        "val": {GOOD: 150, **{k: 40 for k in SEEN_KINDS}, OUTSIDE_ROI: 40},
+        "test": {GOOD: 200, **{k: 50 for k in SEEN_KINDS}, OUTSIDE_ROI: 200},
         "test_unseen": {k: 25 for k in UNSEEN_KINDS},
     }
     return counts

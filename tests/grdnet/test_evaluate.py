@@ -12,12 +12,15 @@ from sklearn.metrics import f1_score, roc_auc_score
 from linecam.grdnet.evaluate import (
     Predictions,
     aupro,
+    auroc_interval,
     calibrate,
     compute_metrics,
     f1_max,
     image_auroc,
     pixel_auroc,
+    rate_interval,
     rates_at,
+    summary_line,
     threshold_for_escape,
     write_metrics_json,
 )
@@ -145,6 +148,10 @@ def test_compute_metrics_thresholds_come_from_calibration(tmp_path: Path) -> Non
     assert m["threshold"] == 0.4  # not re-chosen on test
     assert m["image_auroc"] == pytest.approx(roc_auc_score(test.labels, test.scores))
     assert m["outside_roi_false_reject_rate"] == 1.0  # the one outside_roi image scores 0.95 >= 0.4
+    assert m["outside_roi_false_reject_rate_ci95"] == pytest.approx([0.025, 1.0])  # 1 of 1: lower = 0.025
+    lo, hi = m["image_auroc_ci95"]
+    assert 0.0 <= lo <= m["image_auroc"] <= hi <= 1.0
+    assert f"image_auroc={m['image_auroc']:.4f} [{lo:.3f}, {hi:.3f}]" in summary_line(m)
     assert m["accuracy"] == pytest.approx(4 / 5)
     assert m["false_reject_rate"] == pytest.approx(1 / 3)
     assert m["false_reject_rate_at_escape_0"] == pytest.approx(1 / 3)
@@ -160,3 +167,39 @@ def test_compute_metrics_thresholds_come_from_calibration(tmp_path: Path) -> Non
 def test_single_class_is_an_error() -> None:
     with pytest.raises(ValueError, match="both good and defective"):
         image_auroc(np.zeros(4), np.arange(4.0))
+
+
+def test_auroc_interval_brackets_the_estimate_and_narrows_with_more_images() -> None:
+    rng = np.random.default_rng(1)
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.r_[np.zeros(n, int), np.ones(n, int)]
+        return labels, rng.normal(size=2 * n) + 1.0 * labels
+
+    small, large = sample(50), sample(2000)
+    lo_s, hi_s = auroc_interval(*small)
+    lo_l, hi_l = auroc_interval(*large)
+    assert lo_s < image_auroc(*small) < hi_s
+    assert lo_l < image_auroc(*large) < hi_l
+    # The true AUROC of a unit shift between unit normals is Phi(1 / sqrt 2) = 0.760.
+    assert lo_l < 0.760 < hi_l
+    assert (hi_l - lo_l) < (hi_s - lo_s) / 3  # ~sqrt(40) narrower
+    assert auroc_interval(*small) == (lo_s, hi_s)  # reproducible: fixed seed
+    # Perfect separation stays perfect in every stratified resample (both classes always present).
+    assert auroc_interval(np.array([0, 0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.8, 0.9])) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="level"):
+        auroc_interval(*small, level=1.5)
+
+
+def test_rate_interval_is_clopper_pearson() -> None:
+    # 0 of 25: the exact upper bound solves (1 - p)^25 = 0.025, so zero rejects do not show a rate <= 2%.
+    lo, hi = rate_interval(0, 25)
+    assert lo == 0.0
+    assert hi == pytest.approx(1 - 0.025 ** (1 / 25), rel=1e-6)
+    assert hi > 0.13
+    lo, hi = rate_interval(25, 25)
+    assert (lo, hi) == (pytest.approx(0.025 ** (1 / 25), rel=1e-6), 1.0)
+    lo, hi = rate_interval(1, 25)
+    assert lo < 0.04 < hi
+    with pytest.raises(ValueError, match="count <= total"):
+        rate_interval(3, 2)

@@ -80,7 +80,7 @@ def test_calibrate_threshold_on_a_synthetic_val_split(tmp_path: Path, source_mod
 
     data = tmp_path / "ds"
     assert main(["synth", "--out", str(data), "--size", "64", "--workers", "1",
-                 "--counts", "train=0,val=8,val/*=1,test=0,test_unseen=0"]) == 0
+                 "--counts", "train=0,val=8,val/*=1,test=0,test/*=0,test_unseen=0"]) == 0
     out = tmp_path / "calibration" / "s1" / "cam1"
     assert main(["calibrate", "threshold", "--model", str(source_models[0]), "--data", str(data),
                  "--target-frr", "0.0", "--model-name", "demo", "--out", str(out)]) == 0

@@ -73,8 +73,8 @@ def test_train_and_test_use_different_seed_streams(small_dataset: Path) -> None:
 def test_counts_parsing_and_refusals(tmp_path: Path) -> None:
     c = parse_counts("train=10,val/*=3,test/particle=7,test_unseen=4")
     assert c["train"] == {"good": 10}
-    assert c["val"]["fibre"] == 3 and c["val"]["outside_roi"] == 3 and c["val"]["good"] == 60
-    assert c["test"]["particle"] == 7 and c["test"]["spot"] == 25
+    assert c["val"]["fibre"] == 3 and c["val"]["outside_roi"] == 3 and c["val"]["good"] == 150
+    assert c["test"]["particle"] == 7 and c["test"]["spot"] == 50
     assert c["test_unseen"] == {"inclusion": 4, "deformation": 4}
     assert default_counts()["train"] == {"good": 600}
     for bad, msg in (("trian=3", "unknown split"), ("train/particle=3", "not allowed"), ("val=x", "integer"),
@@ -100,3 +100,19 @@ def test_overwrite_replaces_a_previous_dataset_only(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="not a linecam dataset"):
         write_dataset(other, counts={"train": {"good": 1}}, overwrite=True)
     assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_growing_a_split_keeps_the_existing_images_bit_identical(tmp_path: Path) -> None:
+    """The default split sizes grew in session 6; figures on the old images must stay comparable."""
+    small, large = tmp_path / "small", tmp_path / "large"
+    write_dataset(small, seed=3, size=64, counts={"train": {"good": 2}, "test": {"good": 1, "spot": 2}})
+    write_dataset(large, seed=3, size=64, counts={"train": {"good": 2}, "test": {"good": 3, "spot": 4}})
+    old = [json.loads(line) for line in (small / "labels.jsonl").read_text().splitlines()]
+    new = {r["path"]: r for r in (json.loads(line) for line in (large / "labels.jsonl").read_text().splitlines())}
+    assert len(new) == 2 + 3 + 4
+    for record in old:
+        assert new[record["path"]] == record
+        for key in ("path", "mask", "roi"):
+            if record.get(key):
+                assert (small / record[key]).read_bytes() == (large / record[key]).read_bytes(), record[key]
+    assert (large / "test/spot/0003.png").read_bytes() != (large / "test/spot/0001.png").read_bytes()

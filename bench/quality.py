@@ -37,6 +37,9 @@ def _print(title: str, m: dict) -> None:
             print(f"  unseen {k:29s} {v:.4f}" if isinstance(v, float) else f"  unseen {k:29s} {v}")
     for kind, v in m.get("per_kind", {}).items():
         print(f"  kind {kind:20s} n={v['n']:4d} reject_rate={v['reject_rate']:.3f} mean_score={v['mean_score']:.4f}")
+    for row in m.get("by_defect_area", []):
+        span = f"{row['min_px']}-{row['max_px']} px" if row["max_px"] is not None else f">= {row['min_px']} px"
+        print(f"  defect area {span:16s} n={row['n']:4d} reject_rate={row['reject_rate']:.3f}")
 
 
 def main() -> None:

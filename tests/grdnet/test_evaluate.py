@@ -15,6 +15,7 @@ from linecam.grdnet.evaluate import (
     auroc_interval,
     calibrate,
     compute_metrics,
+    detection_by_area,
     f1_max,
     image_auroc,
     pixel_auroc,
@@ -152,6 +153,8 @@ def test_compute_metrics_thresholds_come_from_calibration(tmp_path: Path) -> Non
     lo, hi = m["image_auroc_ci95"]
     assert 0.0 <= lo <= m["image_auroc"] <= hi <= 1.0
     assert f"image_auroc={m['image_auroc']:.4f} [{lo:.3f}, {hi:.3f}]" in summary_line(m)
+    # Both test defects have 4-pixel masks and score >= 0.4 (0.5, 0.45).
+    assert m["by_defect_area"] == [{"min_px": 0, "max_px": 16, "n": 2, "reject_rate": 1.0}]
     assert m["accuracy"] == pytest.approx(4 / 5)
     assert m["false_reject_rate"] == pytest.approx(1 / 3)
     assert m["false_reject_rate_at_escape_0"] == pytest.approx(1 / 3)
@@ -203,3 +206,22 @@ def test_rate_interval_is_clopper_pearson() -> None:
     assert lo < 0.04 < hi
     with pytest.raises(ValueError, match="count <= total"):
         rate_interval(3, 2)
+
+
+def test_detection_by_area_bins_defects_by_ground_truth_area() -> None:
+    n = 5
+    masks = np.zeros((n, 20, 20), bool)
+    masks[1, :2, :2] = True  # 4 px
+    masks[2, :4, :5] = True  # 20 px
+    masks[3, :4, :4] = True  # 16 px: the lower edge belongs to the bin above
+    masks[4, :, :] = True  # 400 px: open last bin
+    labels = np.array([0, 1, 1, 1, 1])
+    scores = np.array([0.9, 0.1, 0.6, 0.2, 0.7])
+    preds = Predictions(scores, np.zeros((n, 20, 20), np.float32), masks, np.ones((n, 20, 20), bool), labels,
+                        ["good", "spot", "spot", "spot", "fibre"], [f"{i}.png" for i in range(n)])
+    rows = detection_by_area(preds, 0.5)
+    assert rows == [
+        {"min_px": 0, "max_px": 16, "n": 1, "reject_rate": 0.0},
+        {"min_px": 16, "max_px": 32, "n": 2, "reject_rate": 0.5},
+        {"min_px": 256, "max_px": None, "n": 1, "reject_rate": 1.0},
+    ]  # the good image (score 0.9) is not a defect and is not counted

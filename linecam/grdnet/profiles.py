@@ -13,7 +13,8 @@ Two profiles ship:
   against 0.821 / 0.936 with 4x4 at 20 epochs, one seed; 3.2 GFLOP, 12-13 ms at batch 1 in bf16 jit on two
   cores). It is not the default because it costs 2.3x the FLOPs and its bf16 drift from fp32 was over the
   0.005 AUROC bar on one model (demo/2: +0.008) though inside it on others (demo/3: +0.0016, demo/4: +0.0042,
-  demo/5: +0.0027); re-measure with bench/infer.py and bench/backend_parity.py.
+  demo/5: +0.0027 on the 225-image test split, +0.0064 on the 600-image split of session 6, over the bar);
+  re-measure with bench/infer.py and bench/backend_parity.py.
 * ``paper``: 256x256, CRAE latent 32x8x8 as in section 4.4.1 of the paper, widths in the spirit of the authors'
   code (tens of millions of generator parameters). For comparisons, not for the line.
 """

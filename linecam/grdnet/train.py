@@ -22,7 +22,8 @@ split and ``ema_decay`` ships an average of the weights; with both, the two fail
 of sessions 3-4 ended with their maps capped at ~0.5 (see the field). ``lr_schedule="cosine"`` lowers the LR to
 1% by the last epoch, because the plateau schedule never fired; with it the trained weights' val AUROC stopped
 jumping between epochs. The two together gave the best val and test image AUROC so far with seed 2 (0.934 /
-0.937) and the lowest test figure of all 40-epoch runs with seed 1 (0.902 / 0.860).
+0.937 on the 135 / 225-image splits of session 5; 0.925 / 0.912 on the 350 / 600-image splits of session 6)
+and the lowest test figure of all 40-epoch runs with seed 1 (0.902 / 0.860).
 """
 
 from __future__ import annotations

@@ -317,7 +317,7 @@ def compute_metrics(
 
 
 def detection_by_area(preds: Predictions, threshold: float,
-                      edges: tuple[int, ...] = AREA_BINS_PX) -> list[dict[str, float]]:
+                      edges: tuple[int, ...] = AREA_BINS_PX) -> list[dict[str, Any]]:
     """Reject rate of the defective images by the area of their ground truth, smallest first.
 
     Why: the line's question is "what is the smallest defect we catch", and the fixed 21x21 average pooling makes

@@ -34,7 +34,7 @@ def default_counts() -> dict[str, dict[str, int]]:
     The evaluation splits are sized by what their figures must show, not by what training needs: ``test`` has
     200 out-of-ROI images because a false-reject rate <= 2% can only be shown on about 200 images (0 rejects of
     25 still leave an exact 95% upper bound of 14%); 200 good and 50 per defect kind put the image AUROC's
-    95% interval at about +-0.02. ``val`` (150 good, 40 per kind) chooses the shipped epoch and calibrates the
+    95% interval at about +-0.025. ``val`` (150 good, 40 per kind) chooses the shipped epoch and calibrates the
     threshold, so its noise is the noise of both. Every image is derived from (seed, split, kind, index), so
     growing a split appends images and leaves the existing ones bit-identical.
     """

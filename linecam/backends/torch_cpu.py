@@ -13,15 +13,15 @@ switch (``torch.jit.enable_onednn_fusion``) and, like the profiling executor, it
 batch size: the first two calls at a new size take ~100 ms extra. ``warmup`` lists batch sizes to run at
 construction so the line never pays that on a product.
 
-``torch.jit.freeze`` folds conv + BatchNorm in the compute dtype; in bf16 that rounds the folded weights a
-second time. Whether that moves the scores more than bf16 itself does depends on the model: on demo/2
-the folded graph drifted further from fp32 (test-split AUROC +0.008 against +0.003 unfolded), on demo/3
-the unfolded LLGA graph drifted further (-0.020 against +0.002 folded), on demo/4 and demo/5 both stayed
-inside the 0.005 bar on 225 test images (+0.0042 / +0.0027 folded, +0.0023 / +0.0024 unfolded), but on the
-600-image test split of session 6 demo/5 drifts past it (+0.0064 folded, +0.0117 unfolded, +0.0046 eager).
-Folding stays the default; ``fold_bf16=False`` keeps BatchNorm unfolded. ``bench/backend_parity.py``
-measures both on a labelled split; where neither is close enough, run the line in fp32
-(``infer.backend_options``).
+bf16 runs as mixed precision, the way the training-time evaluator runs it: the module keeps fp32 weights and
+BatchNorm statistics, and ``torch.autocast`` runs the convolutions in bf16 (activations between layers are bf16;
+BatchNorm normalises them with its fp32 statistics). The graph is traced under autocast, so the casts are
+recorded in it, and freezing folds the weight casts into bf16 constants: no weight is cast per call. Why not
+convert the whole network to bf16, as earlier versions did: that also rounds every BatchNorm's mean, variance
+and scale to 8 mantissa bits, and on the 600-image test split demo/5 then drifted +0.0064 image AUROC from
+fp32 (bar: 0.005; max score difference 0.046). The autocast graph drifts -0.0004 (max difference 0.022) at the
+same or lower batch-1 latency (``bench/backend_parity.py``, ``bench/infer.py``). ``fold_bf16`` (default True)
+lets ``torch.jit.freeze`` fold the BatchNorms that follow a convolution (``optimize_numerics``).
 
 Options: ``precision`` ("auto" = bf16 when oneDNN supports it, "bf16", "fp32"), ``mode`` ("jit" or
 "eager"), ``fuse`` (True), ``threads`` (``torch.set_num_threads``; process-wide), ``warmup`` (batch sizes),
@@ -99,12 +99,12 @@ class TorchCpuDetector(TorchGraphDetector):
         self.dtype = resolve_precision(precision)
         self.mode = mode
         self.precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
-        # freeze's conv+BN folding is exact enough in fp32 but rounds the folded weights again in bf16.
         self.fold_numerics = self.dtype == torch.float32 or bool(fold_bf16)
-        net = grdnet.eval().to(device="cpu", dtype=self.dtype).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # fp32 weights in both precisions: bf16 is autocast (see the module docstring), not a converted network.
+        net = grdnet.eval().to(device="cpu", dtype=torch.float32).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         for p in net.parameters():
             p.requires_grad_(False)
-        self.graph = InferenceGraph(net, self.input_size, compute_dtype=self.dtype).eval()
+        self.graph = InferenceGraph(net, self.input_size, compute_dtype=torch.float32).eval()
         self._traced: dict[tuple[int, ...], Any] = {}
         self._lock = threading.Lock()
         if mode == "jit" and fuse:
@@ -113,6 +113,10 @@ class TorchCpuDetector(TorchGraphDetector):
             frames = np.zeros((int(batch), *self.input_size, 3), dtype=np.uint8)
             for _ in range(2):
                 self.detect(frames)
+
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast for the bf16 precision (convolutions in bf16, the rest fp32); a no-op context in fp32."""
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16)
 
     def _compiled(self, images: torch.Tensor, mask: torch.Tensor | None) -> Any:
         """The graph traced and frozen for this input shape (batch stays dynamic), built on first use."""
@@ -123,7 +127,7 @@ class TorchCpuDetector(TorchGraphDetector):
                 fn = self._traced.get(key)
                 if fn is None:
                     example = (images[:1], mask[:1]) if mask is not None else (images[:1],)
-                    with warnings.catch_warnings():
+                    with warnings.catch_warnings(), self._autocast():
                         warnings.simplefilter("ignore", torch.jit.TracerWarning)
                         traced = torch.jit.trace(self.graph, example, check_trace=False)
                     fn = torch.jit.freeze(traced.eval(), optimize_numerics=self.fold_numerics)
@@ -138,7 +142,8 @@ class TorchCpuDetector(TorchGraphDetector):
         m = torch.from_numpy(masks) if masks is not None else None
         with torch.inference_mode():
             if self.mode == "eager":
-                return self.graph(x, m)
+                with self._autocast():
+                    return self.graph(x, m)
             fn = self._compiled(x, m)
             return fn(x, m) if m is not None else fn(x)
 

@@ -36,6 +36,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--perlin-scales", type=int, nargs=2, default=None, metavar=("LO", "HI"),
                    help="Perlin lattice exponents [LO, HI): 2**k cells per axis (default 0 6); raise LO for "
                         "smaller simulated defects")
+    p.add_argument("--target-dilate", type=int, default=None, metavar="PX",
+                   help="grow the U-Net's target mask by PX pixels around each simulated defect (default 0)")
     p.add_argument("--fill-modes", type=lambda v: tuple(v.split(",")), default=None,
                    help="simulated-defect fills, comma separated from pixels,solid,smooth,gray "
                         "(default pixels,solid,smooth)")
@@ -119,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "command": " ".join(shlex.quote(a) for a in ["linecam", *sys.argv[1:]]),
     }
     for key in ("rotation", "clean_share", "val_fraction", "focal_gamma", "perlin_scales", "unet_lr", "fill_modes",
-                "select_by", "select_split", "ema_decay", "lr_schedule", "unet_prior"):
+                "target_dilate", "select_by", "select_split", "ema_decay", "lr_schedule", "unet_prior"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     overrides: dict[str, Any] = {}

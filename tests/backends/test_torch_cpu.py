@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from linecam.backends import Detection, Detector, create_detector
@@ -124,9 +125,12 @@ def test_bad_options_are_refused(model_dir: Path) -> None:
 
 
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="no oneDNN bf16 on this CPU")
-def test_bf16_jit_without_bn_folding_reproduces_bf16_eager(model_dir: Path) -> None:
-    """``fold_bf16=False`` must really keep conv+BN unfolded in the frozen bf16 graph (folding in bf16 rounds
-    the weights a second time): its scores then stay about as close to fp32 as plain bf16 eager's."""
+def test_bf16_is_autocast_over_fp32_weights_in_eager_and_traced_graphs(model_dir: Path) -> None:
+    """bf16 keeps fp32 weights and BatchNorm statistics and runs the convolutions under autocast, in eager and in
+    the traced graph. The traced graph without conv+BN folding must be the eager autocast computation (same
+    scores); its scores really are bf16 (they differ from fp32). Whether autocast drifts less than a network
+    converted to bf16 as a whole depends on the model (on demo/5's 600 test images: -0.0004 against +0.0064
+    AUROC; on this tiny fixture both are about 4e-3 mean), so that is measured by bench/backend_parity.py."""
     images, _ = labelled_set()
     ref = reference_scores(model_dir, images)
     drift = {}
@@ -134,10 +138,12 @@ def test_bf16_jit_without_bn_folding_reproduces_bf16_eager(model_dir: Path) -> N
                           "jit": {"mode": "jit"}}.items():
         det = create_detector(model_dir, "torch-cpu", threads=2, precision="bf16", **options)
         try:
+            tensors = [*det.graph.parameters(), *det.graph.buffers()]  # type: ignore[attr-defined]
+            assert tensors and {t.dtype for t in tensors if t.is_floating_point()} == {torch.float32}
             if name != "eager":
                 assert det.fold_numerics is (name == "jit")  # type: ignore[attr-defined]
             drift[name] = float(np.abs(det.detect(images).scores - ref).mean())
         finally:
             det.close()
-    assert drift["eager"] > 0.0  # bf16 really ran
-    assert drift["jit unfolded"] <= 1.5 * drift["eager"], drift
+    assert min(drift.values()) > 0.0, drift  # bf16 really ran
+    assert drift["jit unfolded"] == pytest.approx(drift["eager"], rel=1e-3), drift

@@ -259,3 +259,25 @@ def test_trainer_starts_the_unet_head_at_the_prior(dataset: Path, tmp_path: Path
     head = Trainer(_cfg(dataset, tmp_path / "d", epochs=1, unet_prior=0.0)).model.unet.head
     bias = (head if isinstance(head, torch.nn.Conv2d) else head[0]).bias
     assert float(bias.abs().max()) < 0.5  # PyTorch's default init: |b| <= 1/sqrt(fan_in)
+
+
+def test_target_dilate_grows_only_the_unet_target(dataset: Path, tmp_path: Path) -> None:
+    """The image keeps the exact simulated defect; the target grows by r px (a square footprint), stays binary,
+    and covers the exact mask; 0 is the paper's exact mask."""
+    exact = Trainer(_cfg(dataset, tmp_path / "e", epochs=1, perlin_scales=(3, 5), clean_share=0.0))
+    grown = Trainer(_cfg(dataset, tmp_path / "g", epochs=1, perlin_scales=(3, 5), clean_share=0.0,
+                         target_dilate=2))
+    x = torch.rand(4, 3, 32, 32)
+    x_exact, m_exact = exact._simulate(x, torch.Generator().manual_seed(7))
+    x_grown, m_grown = grown._simulate(x, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(x_grown, x_exact, rtol=0, atol=0)
+    assert set(m_grown.unique().tolist()) <= {0.0, 1.0}
+    assert bool((m_grown >= m_exact).all()) and m_grown.sum() > m_exact.sum()
+    # a single defect pixel becomes a 5x5 square
+    one = torch.zeros(1, 1, 9, 9)
+    one[0, 0, 4, 4] = 1.0
+    grown.simulator = lambda images, gen: (images, one)  # type: ignore[assignment,method-assign]
+    _, square = grown._simulate(torch.zeros(1, 3, 9, 9), torch.Generator())
+    assert int(square.sum()) == 25 and bool(square[0, 0, 2:7, 2:7].all())
+    with pytest.raises(ValueError, match="target_dilate"):
+        _cfg(dataset, tmp_path / "x", target_dilate=-1)

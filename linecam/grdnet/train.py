@@ -100,13 +100,14 @@ class TrainConfig(pydantic.BaseModel, extra="forbid"):
     roi_variant: RoiVariantName = "learned_silence"
     focal_gamma: float = pydantic.Field(default=2.0, ge=0)
     perlin_scales: tuple[int, int] = (0, 6)
-    fill_modes: tuple[str, ...] = FILL_MODES
     """Perlin lattice exponents [lo, hi): 2**k cells per axis; higher k = smaller simulated defects."""
+    fill_modes: tuple[str, ...] = FILL_MODES
     target_dilate: int = pydantic.Field(default=0, ge=0, le=16)
-    """Grow the U-Net's target mask by this many pixels (a square max filter) while the image keeps the exact
-    simulated defect. Why: the fixed scoring head averages the map over 21x21 = 441 px, so a confidently found
-    20 px particle scores at most 20/441 = 0.045, about the level of a good image's bubble mark; a target with a
-    footprint of r px around the defect lets a small defect fill more of the window. 0 = the paper's exact mask."""
+    """Grow the U-Net's target by this many pixels (a square max filter) around the simulated defect inside the
+    ROI, while the image keeps the exact defect (see ``Trainer.unet_target``). Why: the fixed scoring head
+    averages the map over 21x21 = 441 px, so a confidently found 20 px particle scores at most 20/441 = 0.045,
+    about the level of a good image's bubble mark; a target with a footprint of r px around the defect lets a
+    small defect fill more of the window. 0 = the paper's exact mask."""
     refresh_bn: bool = True
     """Re-estimate BatchNorm statistics each epoch before validation (see ``Trainer.refresh_bn_stats``)."""
     seed: int = 0
@@ -378,14 +379,22 @@ class Trainer:
         return ds
 
     def _simulate(self, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Perlin anomalies on a CPU batch; a ``clean_share`` of samples keeps no anomaly (target all zero).
+        """Perlin anomalies on a CPU batch; a ``clean_share`` of samples keeps no anomaly (target all zero)."""
+        return self.simulator(x, gen)
 
-        Returns the augmented batch and the U-Net target: the simulated mask, grown by ``target_dilate`` px."""
-        x_aug, mask = self.simulator(x, gen)
+    def unet_target(self, mask: Tensor, roi: Tensor | None) -> Tensor:
+        """The simulated mask with the part inside the ROI grown by ``target_dilate`` px, the growth kept
+        inside the ROI. Why inside only: growing a defect that lies just outside the ROI would put positive
+        targets inside it and teach the U-Net to fire at the ROI border next to defects it must ignore. The
+        mask itself is kept as it is, so every ROI variant sees the same outside-ROI defects as without growth."""
         r = self.cfg.target_dilate
-        if r:
-            mask = F.max_pool2d(mask, kernel_size=2 * r + 1, stride=1, padding=r)
-        return x_aug, mask
+        if not r:
+            return mask
+        inside = mask if roi is None else mask * roi.to(mask.dtype)
+        grown = F.max_pool2d(inside, kernel_size=2 * r + 1, stride=1, padding=r)
+        if roi is not None:
+            grown = grown * roi.to(mask.dtype)
+        return torch.maximum(mask, grown)
 
     def _loader(self, epoch: int) -> DataLoader[dict[str, Any]]:
         cfg = self.cfg
@@ -448,7 +457,8 @@ class Trainer:
         with ac:
             logits = self.u(x_aug, x_hat.detach().to(x_aug.dtype))
         prob = torch.sigmoid(logits.float())
-        loss_u = discriminative_loss(prob, mask, roi, self.cfg.roi_variant, gamma=self.cfg.focal_gamma)
+        loss_u = discriminative_loss(prob, self.unet_target(mask, roi), roi, self.cfg.roi_variant,
+                                     gamma=self.cfg.focal_gamma)
         self.scaler.scale(loss_u).backward()
         self.scaler.step(self.opt_u)
         self.scaler.update()
@@ -546,7 +556,8 @@ class Trainer:
                 logits = net.unet(x_aug, out.x_hat)
             g_out = GeneratorOutput(out.x_hat.float(), out.z.float(), out.z_hat.float())
             _, parts = generator_loss(x.float(), g_out, feat_real.float(), feat_fake.float(), self.weights)
-            u = discriminative_loss(torch.sigmoid(logits.float()), mask, roi, self.cfg.roi_variant,
+            u = discriminative_loss(torch.sigmoid(logits.float()), self.unet_target(mask, roi), roi,
+                                    self.cfg.roi_variant,
                                     gamma=self.cfg.focal_gamma)
             vals = {f"g_{k}": v for k, v in parts.items()}
             vals["u"] = float(u)

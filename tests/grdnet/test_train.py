@@ -261,23 +261,23 @@ def test_trainer_starts_the_unet_head_at_the_prior(dataset: Path, tmp_path: Path
     assert float(bias.abs().max()) < 0.5  # PyTorch's default init: |b| <= 1/sqrt(fan_in)
 
 
-def test_target_dilate_grows_only_the_unet_target(dataset: Path, tmp_path: Path) -> None:
-    """The image keeps the exact simulated defect; the target grows by r px (a square footprint), stays binary,
-    and covers the exact mask; 0 is the paper's exact mask."""
-    exact = Trainer(_cfg(dataset, tmp_path / "e", epochs=1, perlin_scales=(3, 5), clean_share=0.0))
-    grown = Trainer(_cfg(dataset, tmp_path / "g", epochs=1, perlin_scales=(3, 5), clean_share=0.0,
-                         target_dilate=2))
-    x = torch.rand(4, 3, 32, 32)
-    x_exact, m_exact = exact._simulate(x, torch.Generator().manual_seed(7))
-    x_grown, m_grown = grown._simulate(x, torch.Generator().manual_seed(7))
-    torch.testing.assert_close(x_grown, x_exact, rtol=0, atol=0)
-    assert set(m_grown.unique().tolist()) <= {0.0, 1.0}
-    assert bool((m_grown >= m_exact).all()) and m_grown.sum() > m_exact.sum()
-    # a single defect pixel becomes a 5x5 square
-    one = torch.zeros(1, 1, 9, 9)
-    one[0, 0, 4, 4] = 1.0
-    grown.simulator = lambda images, gen: (images, one)  # type: ignore[assignment,method-assign]
-    _, square = grown._simulate(torch.zeros(1, 3, 9, 9), torch.Generator())
-    assert int(square.sum()) == 25 and bool(square[0, 0, 2:7, 2:7].all())
+def test_target_dilate_grows_the_defect_inside_the_roi_only(dataset: Path, tmp_path: Path) -> None:
+    """r = 2: a defect pixel inside the ROI becomes a 5x5 square clipped to the ROI; a defect pixel outside
+    the ROI (even 1 px from its border) stays a single pixel and puts no target inside the ROI; without an ROI
+    the square is whole; 0 keeps the paper's exact mask."""
+    grown = Trainer(_cfg(dataset, tmp_path / "g", epochs=1, target_dilate=2))
+    mask = torch.zeros(1, 1, 12, 12)
+    mask[0, 0, 5, 3] = 1.0  # inside, 2 px from the ROI's left border (column 1)
+    mask[0, 0, 5, 0] = 1.0  # outside, next to the border
+    roi = torch.zeros(1, 1, 12, 12)
+    roi[..., 1:, 1:] = 1.0
+    target = grown.unet_target(mask, roi)
+    assert set(target.unique().tolist()) == {0.0, 1.0}
+    assert int(target[0, 0, :, 1:].sum()) == 25 and bool(target[0, 0, 3:8, 1:6].all())  # square of the inside one
+    assert int(target[0, 0, :, 0].sum()) == 1  # the outside one: itself only, nothing grown outside the ROI
+    no_roi = grown.unet_target(mask, None)
+    assert int(no_roi.sum()) == 25 + 15 - 10  # both squares, the second cut by the image edge, overlapping
+    exact = Trainer(_cfg(dataset, tmp_path / "e", epochs=1))
+    assert exact.unet_target(mask, roi) is mask
     with pytest.raises(ValueError, match="target_dilate"):
         _cfg(dataset, tmp_path / "x", target_dilate=-1)

@@ -37,7 +37,8 @@ def register(subparsers: Any) -> None:
                    help="Perlin lattice exponents [LO, HI): 2**k cells per axis (default 0 6); raise LO for "
                         "smaller simulated defects")
     p.add_argument("--target-dilate", type=int, default=None, metavar="PX",
-                   help="grow the U-Net's target mask by PX pixels around each simulated defect (default 0)")
+                   help="grow the U-Net's target by PX pixels around each simulated defect, inside the ROI "
+                        "(default 0: the exact mask; the demo recipe uses 3)")
     p.add_argument("--fill-modes", type=lambda v: tuple(v.split(",")), default=None,
                    help="simulated-defect fills, comma separated from pixels,solid,smooth,gray "
                         "(default pixels,solid,smooth)")

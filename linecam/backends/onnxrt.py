@@ -6,7 +6,10 @@ numpy view/copy before the call (the exported graph has a fixed channel count). 
 backend feeds a cached all-ones mask, so one graph serves both cases.
 
 Options: ``threads`` (intra-op threads), ``providers`` (default: CUDA when onnxruntime-gpu sees a GPU,
-then CPU).
+then CPU), ``spin`` (default True, onnxruntime's own default: the intra-op threads busy-wait after each run
+for the next one). ``spin=False`` lets them sleep: on a 2-core machine the spinning threads took CPU from the
+next thing that ran, so a fp32 eager torch call timed right after an onnxruntime call took 55-62 ms instead of
+31 ms (``bench/infer.py`` times its variants round-robin and turns spinning off).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class OnnxRuntimeDetector:
         model_version: str = "unversioned",
         threads: int | None = None,
         providers: list[str] | None = None,
+        spin: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -69,6 +73,8 @@ class OnnxRuntimeDetector:
             if int(threads) < 1:
                 raise ValueError(f"onnxruntime option threads must be >= 1, got {threads}")
             opts.intra_op_num_threads = int(threads)
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.providers = list(providers) if providers is not None else default_providers()
         self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=self.providers)
         names = {i.name for i in self.session.get_inputs()}

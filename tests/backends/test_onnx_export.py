@@ -81,6 +81,23 @@ def test_onnxruntime_backend_matches_reference_and_ranking(exported_model_dir: P
         det.close()
 
 
+def test_onnxruntime_spin_option_reaches_the_session_and_keeps_the_scores(exported_model_dir: Path) -> None:
+    """``spin=False`` (what bench/infer.py uses) must set onnxruntime's allow_spinning entry to "0" and change
+    nothing in the numbers; the default leaves onnxruntime's own default (entry unset)."""
+    images, _ = labelled_set()
+    spinning = create_detector(exported_model_dir, "onnxruntime", threads=1)
+    sleeping = create_detector(exported_model_dir, "onnxruntime", threads=1, spin=False)
+    try:
+        entry = "session.intra_op.allow_spinning"
+        assert sleeping.session.get_session_options().get_session_config_entry(entry) == "0"  # type: ignore[attr-defined]
+        with pytest.raises(Exception, match="allow_spinning"):  # onnxruntime raises for an unset entry
+            spinning.session.get_session_options().get_session_config_entry(entry)  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(sleeping.detect(images).scores, spinning.detect(images).scores)
+    finally:
+        spinning.close()
+        sleeping.close()
+
+
 def test_corrupted_onnx_is_refused_naming_the_file(exported_model_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / "testnet" / "v1"
     shutil.copytree(exported_model_dir, copy)

@@ -90,7 +90,7 @@ def test_onnxruntime_spin_option_reaches_the_session_and_keeps_the_scores(export
     try:
         entry = "session.intra_op.allow_spinning"
         assert sleeping.session.get_session_options().get_session_config_entry(entry) == "0"  # type: ignore[attr-defined]
-        with pytest.raises(Exception, match="allow_spinning"):  # onnxruntime raises for an unset entry
+        with pytest.raises(RuntimeError, match="allow_spinning"):  # onnxruntime raises for an unset entry
             spinning.session.get_session_options().get_session_config_entry(entry)  # type: ignore[attr-defined]
         np.testing.assert_array_equal(sleeping.detect(images).scores, spinning.detect(images).scores)
     finally:

@@ -38,7 +38,7 @@ from torch import nn
 from linecam.backends.export import export_graph, structured_images
 from linecam.backends.graph import InferenceGraph
 from linecam.backends.onnxrt import OnnxRuntimeDetector
-from linecam.backends.torch_cpu import TorchCpuDetector, cpu_supports_bf16
+from linecam.backends.torch_cpu import TorchCpuDetector, cpu_autocast, cpu_supports_bf16
 from linecam.grdnet.scoring import score_maps
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -109,16 +109,18 @@ def activation_bytes(grdnet: nn.Module, size: int, element_size: int) -> int:
 
 
 class CompiledDetector:
-    """torch.compile (inductor, CPU) of the InferenceGraph in bf16: measured, not shipped unless it wins."""
+    """torch.compile (inductor, CPU) of the InferenceGraph, bf16 as torch-cpu runs it (autocast over fp32
+    weights): measured, not shipped unless it wins."""
 
     backend = "torch-compile"
 
     def __init__(self, grdnet: nn.Module, size: int, dtype: torch.dtype) -> None:
-        net = grdnet.eval().to(dtype=dtype).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.graph = torch.compile(InferenceGraph(net, (size, size), compute_dtype=dtype).eval(), dynamic=False)
+        net = grdnet.eval().float().to(memory_format=torch.channels_last)
+        self.dtype = dtype
+        self.graph = torch.compile(InferenceGraph(net, (size, size)).eval(), dynamic=False)
 
     def detect(self, images: np.ndarray) -> Any:
-        with torch.inference_mode():
+        with torch.inference_mode(), cpu_autocast(self.dtype):
             return self.graph(torch.from_numpy(images))
 
     def close(self) -> None:
@@ -184,10 +186,11 @@ def time_interleaved(
 
 
 def stage_breakdown(grdnet: nn.Module, size: int, dtype: torch.dtype, reps: int = 20) -> dict[str, float]:
-    """Median ms per stage at batch 1 (eager, channels_last): where the time goes, per network."""
-    net = copy.deepcopy(grdnet).eval().to(dtype=dtype).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    x = torch.rand(1, 3, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
+    """Median ms per stage at batch 1 (eager, channels_last, ``dtype`` as torch-cpu runs it): where the time goes,
+    per network."""
+    net = copy.deepcopy(grdnet).eval().float().to(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, size, size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), cpu_autocast(dtype):
         x_hat = net.generator.reconstruct(x)
         logits = net.unet(x, x_hat)
         z = net.generator.encoder(x)

@@ -69,10 +69,17 @@ def resolve_precision(precision: str) -> torch.dtype:
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
 
 
+def cpu_autocast(dtype: torch.dtype) -> torch.autocast:
+    """How this backend runs a compute dtype: bf16 = autocast over fp32 weights (convolutions in bf16, BatchNorm
+    with fp32 statistics; see the module docstring); fp32 = a no-op context. Benchmarks use it too, so what
+    they time is what the line runs."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+
 class TorchCpuDetector(TorchGraphDetector):
     """Runs the InferenceGraph on the CPU; build with :func:`open_torch_cpu` or directly from a GRDNet.
 
-    The detector takes ownership of ``grdnet``: it is converted in place (dtype, channels_last, frozen).
+    The detector takes ownership of ``grdnet``: it is converted in place (fp32, channels_last, frozen).
     """
 
     backend = "torch-cpu"
@@ -114,10 +121,6 @@ class TorchCpuDetector(TorchGraphDetector):
             for _ in range(2):
                 self.detect(frames)
 
-    def _autocast(self) -> torch.autocast:
-        """bf16 autocast for the bf16 precision (convolutions in bf16, the rest fp32); a no-op context in fp32."""
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16)
-
     def _compiled(self, images: torch.Tensor, mask: torch.Tensor | None) -> Any:
         """The graph traced and frozen for this input shape (batch stays dynamic), built on first use."""
         key = (*images.shape[1:], *(mask.shape[2:] if mask is not None else ()))
@@ -127,7 +130,7 @@ class TorchCpuDetector(TorchGraphDetector):
                 fn = self._traced.get(key)
                 if fn is None:
                     example = (images[:1], mask[:1]) if mask is not None else (images[:1],)
-                    with warnings.catch_warnings(), self._autocast():
+                    with warnings.catch_warnings(), cpu_autocast(self.dtype):
                         warnings.simplefilter("ignore", torch.jit.TracerWarning)
                         traced = torch.jit.trace(self.graph, example, check_trace=False)
                     fn = torch.jit.freeze(traced.eval(), optimize_numerics=self.fold_numerics)
@@ -142,7 +145,7 @@ class TorchCpuDetector(TorchGraphDetector):
         m = torch.from_numpy(masks) if masks is not None else None
         with torch.inference_mode():
             if self.mode == "eager":
-                with self._autocast():
+                with cpu_autocast(self.dtype):
                     return self.graph(x, m)
             fn = self._compiled(x, m)
             return fn(x, m) if m is not None else fn(x)

@@ -10,7 +10,7 @@ Two profiles ship:
 * ``fast``: the production profile. No 3x3 conv runs at the input resolution: every network starts with a 4x4
   patchify stem, so the inference path (encoder + decoder + U-Net + scoring) is 1.37 GFLOP per 256x256 image.
   The demo model overrides ``unet_stem_stride=2`` (a 2x2 U-Net stem: image AUROC 0.836 / pixel AUROC 0.975
-  against 0.821 / 0.936 with 4x4 at 20 epochs, one seed; 3.2 GFLOP, 12 ms at batch 1 in bf16 jit on two
+  against 0.821 / 0.936 with 4x4 at 20 epochs, one seed; 3.2 GFLOP, 12-13 ms at batch 1 in bf16 jit on two
   cores). It is not the default because it costs 2.3x the FLOPs. Its bf16 drift from fp32 was over the 0.005
   AUROC bar on some models while the CPU backend converted the whole network to bf16 (demo/2: +0.008, demo/5:
   +0.0064 on the 600-image test split); with the autocast backend (fp32 BatchNorm statistics) demo/5 drifts

@@ -390,10 +390,10 @@ class Trainer:
         r = self.cfg.target_dilate
         if not r:
             return mask
-        inside = mask if roi is None else mask * roi.to(mask.dtype)
-        grown = F.max_pool2d(inside, kernel_size=2 * r + 1, stride=1, padding=r)
-        if roi is not None:
-            grown = grown * roi.to(mask.dtype)
+        if roi is None:
+            return F.max_pool2d(mask, kernel_size=2 * r + 1, stride=1, padding=r)
+        inside = roi.to(mask.dtype)
+        grown = F.max_pool2d(mask * inside, kernel_size=2 * r + 1, stride=1, padding=r) * inside
         return torch.maximum(mask, grown)
 
     def _loader(self, epoch: int) -> DataLoader[dict[str, Any]]:

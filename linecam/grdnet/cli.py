@@ -45,6 +45,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-refresh-bn", action="store_true",
                    help="skip the per-epoch BatchNorm re-estimation before validation (for comparisons)")
     p.add_argument("--unet-lr", type=float, default=None, help="U-Net learning rate (default: --lr)")
+    p.add_argument("--init-from", type=Path, default=None, metavar="MODEL_DIR",
+                   help="fine-tune: start from this model directory's weights (same profile) instead of a fresh "
+                        "init; optimisers and schedule start anew")
     p.add_argument("--resume", action="store_true", help="continue from <out>/training/checkpoint_last.pt")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="auto: bf16 autocast on CPU, fp16 AMP on CUDA")
@@ -122,7 +125,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "command": " ".join(shlex.quote(a) for a in ["linecam", *sys.argv[1:]]),
     }
     for key in ("rotation", "clean_share", "val_fraction", "focal_gamma", "perlin_scales", "unet_lr", "fill_modes",
-                "target_dilate", "select_by", "select_split", "ema_decay", "lr_schedule", "unet_prior"):
+                "target_dilate", "init_from", "select_by", "select_split", "ema_decay", "lr_schedule",
+                "unet_prior"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     overrides: dict[str, Any] = {}

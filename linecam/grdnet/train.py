@@ -64,6 +64,7 @@ from linecam.grdnet.losses import (
     generator_loss,
 )
 from linecam.grdnet.model import GeneratorOutput, GRDNet, build_discriminator, build_grdnet, init_head_prior
+from linecam.grdnet.modeldir import ModelDirError, load_model_dir
 from linecam.grdnet.perlin import FILL_MODES, AnomalySimulator
 from linecam.grdnet.profiles import ModelProfile, get_profile
 
@@ -108,6 +109,11 @@ class TrainConfig(pydantic.BaseModel, extra="forbid"):
     averages the map over 21x21 = 441 px, so a confidently found 20 px particle scores at most 20/441 = 0.045,
     about the level of a good image's bubble mark; a target with a footprint of r px around the defect lets a
     small defect fill more of the window. 0 = the paper's exact mask."""
+    init_from: Path | None = None
+    """Fine-tune: start the generator and U-Net from this model directory's weights (hash-checked) instead of a
+    fresh init, and the discriminator from its ``training/checkpoint_last.pt`` when it has one (else fresh).
+    Optimisers, schedule and history start anew. Why: a recipe change that only has to correct a trained model
+    (a new loss term, new line data) need not pay the whole training again. The profile must match."""
     refresh_bn: bool = True
     """Re-estimate BatchNorm statistics each epoch before validation (see ``Trainer.refresh_bn_stats``)."""
     seed: int = 0
@@ -292,6 +298,8 @@ class Trainer:
         if cfg.unet_prior > 0:
             init_head_prior(self.model, cfg.unet_prior)
         self.disc = build_discriminator(self.profile).to(self.device)
+        if cfg.init_from is not None:
+            self._init_from(cfg.init_from)
         self.channels_last = self.device.type == "cpu" and self.precision == "bf16"
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -324,6 +332,23 @@ class Trainer:
         """Best selection value so far, lower is better: the val loss, or 1 - val AUROC (``select_by``)."""
         self.history: list[dict[str, float]] = []
         self._prepare_data()
+
+    def _init_from(self, model_dir: Path) -> None:
+        """Load a trained model directory's weights (and its discriminator, when its checkpoint has one)."""
+        try:
+            start, card = load_model_dir(model_dir)
+        except (ModelDirError, OSError) as exc:
+            raise TrainError(f"--init-from {model_dir}: {exc}") from exc
+        if card.profile.model_dump() != self.profile.model_dump():
+            raise TrainError(f"--init-from {model_dir}: its profile differs from the requested one "
+                             f"({card.profile.model_dump()} vs {self.profile.model_dump()}); pass the same "
+                             "--profile and --profile-set")
+        self.model.load_state_dict(start.state_dict())
+        last = model_dir / TRAINING_SUBDIR / CHECKPOINT_LAST
+        if last.is_file():
+            st = torch.load(last, map_location=self.device, weights_only=False)
+            if isinstance(st, dict) and "discriminator" in st:
+                self.disc.load_state_dict(st["discriminator"])
 
     def _make_scheduler(self, opt: torch.optim.Optimizer) -> Any:
         """The per-epoch LR schedule of ``lr_schedule`` for one optimiser (stepped by ``_step_schedulers``)."""
@@ -815,6 +840,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path | None:
         "focal_gamma": cfg.focal_gamma,
         "perlin_scales": list(cfg.perlin_scales),
         "target_dilate": cfg.target_dilate,
+        "init_from": str(cfg.init_from) if cfg.init_from is not None else None,
         "fill_modes": list(cfg.fill_modes),
         "refresh_bn": cfg.refresh_bn,
         "val_fraction": cfg.val_fraction,

@@ -281,3 +281,31 @@ def test_target_dilate_grows_the_defect_inside_the_roi_only(dataset: Path, tmp_p
     assert exact.unet_target(mask, roi) is mask
     with pytest.raises(ValueError, match="target_dilate"):
         _cfg(dataset, tmp_path / "x", target_dilate=-1)
+
+
+def test_init_from_starts_from_a_trained_model_and_its_discriminator(dataset: Path, tmp_path: Path) -> None:
+    """Fine-tuning starts from the model directory's weights (generator and U-Net) and its checkpoint's
+    discriminator, with a fresh history; the card records where it started; another profile is refused with
+    the directory named."""
+    base = run_training(_cfg(dataset, tmp_path / "base", epochs=1, max_steps_per_epoch=2))
+    assert base is not None
+    trained, _ = load_model_dir(base)
+    disc = torch.load(base / TRAINING_SUBDIR / CHECKPOINT_LAST, weights_only=False)["discriminator"]
+    fresh = Trainer(_cfg(dataset, tmp_path / "fresh", epochs=1))
+    tuned = Trainer(_cfg(dataset, tmp_path / "ft", epochs=1, init_from=base))
+    for name, value in trained.state_dict().items():
+        assert torch.equal(tuned.model.state_dict()[name], value), name
+    for name, value in disc.items():
+        assert torch.equal(tuned.disc.state_dict()[name], value), name
+    # The fresh trainer with the same seed differs, so the equality above is the loading, not the seed.
+    assert not all(torch.equal(fresh.model.state_dict()[k], v) for k, v in trained.state_dict().items())
+    assert tuned.history == [] and tuned.start_epoch == 0
+    out = run_training(_cfg(dataset, tmp_path / "ft2", epochs=1, max_steps_per_epoch=1, init_from=base))
+    assert out is not None and read_card(out).training["init_from"] == str(base)
+    from linecam.grdnet.train import TrainError
+
+    other = {**TINY, "latent_channels": 16}
+    with pytest.raises(TrainError, match="init-from .*base.*profile differs"):
+        Trainer(_cfg(dataset, tmp_path / "bad", epochs=1, init_from=base, profile_overrides=other))
+    with pytest.raises(TrainError, match="init-from .*nowhere"):
+        Trainer(_cfg(dataset, tmp_path / "bad2", epochs=1, init_from=tmp_path / "nowhere"))

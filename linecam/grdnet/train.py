@@ -112,8 +112,8 @@ class TrainConfig(pydantic.BaseModel, extra="forbid"):
     init_from: Path | None = None
     """Fine-tune: start the generator and U-Net from this model directory's weights (hash-checked) instead of a
     fresh init, and the discriminator from its ``training/checkpoint_last.pt`` when it has one (else fresh).
-    Optimisers, schedule and history start anew. Why: a recipe change that only has to correct a trained model
-    (a new loss term, new line data) need not pay the whole training again. The profile must match. Measured on
+    Optimisers, schedule and history start anew. Why: adapting a trained model to a new line's images, or to a
+    changed recipe setting, need not pay the whole training again. The profile must match. Measured on
     the vial data: a fine-tune of demo/6 at LR 1e-4 (its own training started at 3e-4 and decayed to ~0) lost
     about 0.03 test image AUROC, with or without a change of loss, so fine-tune at a much smaller LR."""
     refresh_bn: bool = True
@@ -341,16 +341,21 @@ class Trainer:
             start, card = load_model_dir(model_dir)
         except (ModelDirError, OSError) as exc:
             raise TrainError(f"--init-from {model_dir}: {exc}") from exc
-        if card.profile.model_dump() != self.profile.model_dump():
-            raise TrainError(f"--init-from {model_dir}: its profile differs from the requested one "
-                             f"({card.profile.model_dump()} vs {self.profile.model_dump()}); pass the same "
-                             "--profile and --profile-set")
+        have, want = card.profile.model_dump(), self.profile.model_dump()
+        if have != want:
+            fields = ", ".join(f"{k}: {have.get(k)!r} there, {want.get(k)!r} here"
+                               for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k))
+            raise TrainError(f"--init-from {model_dir}: its profile differs from the requested one ({fields}); "
+                             "pass the same --profile and --profile-set")
         self.model.load_state_dict(start.state_dict())
         last = model_dir / TRAINING_SUBDIR / CHECKPOINT_LAST
         if last.is_file():
-            st = torch.load(last, map_location=self.device, weights_only=False)
-            if isinstance(st, dict) and "discriminator" in st:
-                self.disc.load_state_dict(st["discriminator"])
+            try:
+                st = torch.load(last, map_location=self.device, weights_only=False)
+                if isinstance(st, dict) and "discriminator" in st:
+                    self.disc.load_state_dict(st["discriminator"])
+            except Exception as exc:  # torch raises several types for corrupt or foreign files
+                raise TrainError(f"--init-from {last}: cannot take the discriminator from it: {exc}") from exc
 
     def _make_scheduler(self, opt: torch.optim.Optimizer) -> Any:
         """The per-epoch LR schedule of ``lr_schedule`` for one optimiser (stepped by ``_step_schedulers``)."""

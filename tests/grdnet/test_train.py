@@ -286,7 +286,7 @@ def test_target_dilate_grows_the_defect_inside_the_roi_only(dataset: Path, tmp_p
 def test_init_from_starts_from_a_trained_model_and_its_discriminator(dataset: Path, tmp_path: Path) -> None:
     """Fine-tuning starts from the model directory's weights (generator and U-Net) and its checkpoint's
     discriminator, with a fresh history; the card records where it started; another profile is refused with
-    the directory named."""
+    the directory named, and so is an unreadable checkpoint, with the file named."""
     base = run_training(_cfg(dataset, tmp_path / "base", epochs=1, max_steps_per_epoch=2))
     assert base is not None
     trained, _ = load_model_dir(base)
@@ -305,7 +305,10 @@ def test_init_from_starts_from_a_trained_model_and_its_discriminator(dataset: Pa
     from linecam.grdnet.train import TrainError
 
     other = {**TINY, "latent_channels": 16}
-    with pytest.raises(TrainError, match="init-from .*base.*profile differs"):
+    with pytest.raises(TrainError, match=r"init-from .*base.*profile differs .*latent_channels: 8 there, 16 here"):
         Trainer(_cfg(dataset, tmp_path / "bad", epochs=1, init_from=base, profile_overrides=other))
     with pytest.raises(TrainError, match="init-from .*nowhere"):
         Trainer(_cfg(dataset, tmp_path / "bad2", epochs=1, init_from=tmp_path / "nowhere"))
+    (base / TRAINING_SUBDIR / CHECKPOINT_LAST).write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainError, match=f"init-from .*{CHECKPOINT_LAST}: cannot take the discriminator"):
+        Trainer(_cfg(dataset, tmp_path / "bad3", epochs=1, init_from=base))

@@ -274,7 +274,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 class Batch:
     x: Tensor  # clean rotated images
     x_aug: Tensor  # with simulated anomalies
-    mask: Tensor  # anomaly mask of the simulation
+    target: Tensor  # the U-Net's target: the simulated anomaly mask through ``Trainer.unet_target``
     roi: Tensor
 
 
@@ -351,10 +351,8 @@ class Trainer:
         last = model_dir / TRAINING_SUBDIR / CHECKPOINT_LAST
         if last.is_file():
             try:
-                st = torch.load(last, map_location=self.device, weights_only=False)
-                if isinstance(st, dict) and "discriminator" in st:
-                    self.disc.load_state_dict(st["discriminator"])
-            except Exception as exc:  # torch raises several types for corrupt or foreign files
+                self.disc.load_state_dict(self._read_checkpoint(last)["discriminator"])
+            except (TrainError, KeyError, RuntimeError) as exc:
                 raise TrainError(f"--init-from {last}: cannot take the discriminator from it: {exc}") from exc
 
     def _make_scheduler(self, opt: torch.optim.Optimizer) -> Any:
@@ -385,8 +383,8 @@ class Trainer:
         val_ds = InspectionDataset(self.val_records, self.profile.image_size)
         x, roi = _stack(val_ds, list(range(len(val_ds))))
         gen = torch.Generator().manual_seed(cfg.seed + 12345)
-        x_aug, mask = self._simulate(x, gen)  # FIXED noise, cached once: comparable val loss across epochs
-        self.val_batch = Batch(x, x_aug, mask, roi)
+        x_aug, mask = self.simulator(x, gen)  # FIXED noise, cached once: comparable val loss across epochs
+        self.val_batch = Batch(x, x_aug, self.unet_target(mask, roi), roi)
         self.select_ds: InspectionDataset | None = None
         if cfg.select_by == "val_auroc":
             self.select_ds = self._selection_split()
@@ -409,10 +407,6 @@ class Trainer:
                              f"select by AUROC (labels found: {sorted(set(ds.labels))})")
         ds.preload()
         return ds
-
-    def _simulate(self, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Perlin anomalies on a CPU batch; a ``clean_share`` of samples keeps no anomaly (target all zero)."""
-        return self.simulator(x, gen)
 
     def unet_target(self, mask: Tensor, roi: Tensor | None) -> Tensor:
         """The simulated mask with the part inside the ROI grown by ``target_dilate`` px, the growth kept
@@ -453,7 +447,7 @@ class Trainer:
     def train_step(self, x: Tensor, roi: Tensor, gen: torch.Generator) -> dict[str, float]:
         """One D, G and U-Net update; returns the losses as floats."""
         x, roi = random_rotate(x, roi, self.cfg.rotation, gen)
-        x_aug, mask = self._simulate(x, gen)
+        x_aug, mask = self.simulator(x, gen)  # a clean_share of samples keeps no anomaly (mask all zero)
         x, x_aug, mask, roi = (self._to_device(t) for t in (x, x_aug, mask, roi))
         ac = autocast_for(self.device, self.precision)
         with ac:
@@ -540,7 +534,7 @@ class Trainer:
         for s in range(0, n, bs):
             x, roi = _stack(self.train_ds, list(range(s, min(s + bs, n))))
             x, roi = random_rotate(x, roi, self.cfg.rotation, gen)
-            batches.append(self._to_device(self._simulate(x, gen)[0]))
+            batches.append(self._to_device(self.simulator(x, gen)[0]))
         for target in (self.model, self.ema):
             if target is not None:
                 self._refresh_bn_of(target, batches)
@@ -580,7 +574,7 @@ class Trainer:
         n = vb.x.shape[0]
         bs = max(1, self.cfg.batch_size)
         for s in range(0, n, bs):
-            x, x_aug, mask, roi = (self._to_device(t[s:s + bs]) for t in (vb.x, vb.x_aug, vb.mask, vb.roi))
+            x, x_aug, target, roi = (self._to_device(t[s:s + bs]) for t in (vb.x, vb.x_aug, vb.target, vb.roi))
             with autocast_for(self.device, self.precision):
                 out = net.generator(x_aug)
                 _, feat_real = self.disc(x)
@@ -588,8 +582,7 @@ class Trainer:
                 logits = net.unet(x_aug, out.x_hat)
             g_out = GeneratorOutput(out.x_hat.float(), out.z.float(), out.z_hat.float())
             _, parts = generator_loss(x.float(), g_out, feat_real.float(), feat_fake.float(), self.weights)
-            u = discriminative_loss(torch.sigmoid(logits.float()), self.unet_target(mask, roi), roi,
-                                    self.cfg.roi_variant,
+            u = discriminative_loss(torch.sigmoid(logits.float()), target, roi, self.cfg.roi_variant,
                                     gamma=self.cfg.focal_gamma)
             vals = {f"g_{k}": v for k, v in parts.items()}
             vals["u"] = float(u)
@@ -712,14 +705,22 @@ class Trainer:
             _atomic_save({"epoch": epoch, "select_by": self.cfg.select_by, "value": self.best_val,
                           "profile": st["profile"], "model": shipped}, self.train_dir / CHECKPOINT_BEST)
 
+    def _read_checkpoint(self, path: Path) -> dict[str, Any]:
+        """A ``checkpoint_last.pt`` as ``state`` wrote it; an unreadable or foreign file is a TrainError naming it."""
+        try:
+            st = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:  # torch raises several types for corrupt files
+            raise TrainError(f"{path}: cannot be read: {exc}") from exc
+        if not isinstance(st, dict) or st.get("format") != "linecam-grdnet-checkpoint":
+            raise TrainError(f"{path}: not a linecam GRD-Net checkpoint")
+        return st
+
     def resume(self) -> int:
         """Continue from ``checkpoint_last.pt``: restores models, optimisers, schedulers, history and RNG."""
         path = self.train_dir / CHECKPOINT_LAST
         if not path.is_file():
             raise TrainError(f"{path}: no checkpoint to resume from")
-        st = torch.load(path, map_location=self.device, weights_only=False)
-        if st.get("format") != "linecam-grdnet-checkpoint":
-            raise TrainError(f"{path}: not a linecam GRD-Net checkpoint")
+        st = self._read_checkpoint(path)
         if st["profile"] != self.profile.model_dump():
             raise TrainError(f"{path}: checkpoint profile differs from the requested one; use the same --profile")
         saved = st.get("config", {})

@@ -363,6 +363,42 @@ def test_frames_past_their_deadline_are_not_inferred(make_config, rt) -> None:
     worker.close()
 
 
+def _aged(seq: int, age_ms: float, image: np.ndarray) -> list[Any]:
+    header = FrameHeader(camera="cam1", seq=seq, slot=seq, t_capture_ns=now_ns() - int(age_ms * 1e6),
+                         shape=image.shape, dtype="uint8", pixel_format="RGB8")
+    return encode_frame(header, image)
+
+
+def test_frames_that_would_finish_late_are_shed_earliest_due_first(make_config, rt) -> None:
+    cfg = make_config(deadline_ms=1000)
+    det = rt.BrightnessDetector()
+    worker = InferWorker(cfg, detectors={"demo": det}, metrics_port=-1, bind=False)
+    worker.crop_cost_ns = 100e6  # as if live batches had cost 100 ms per crop
+    image = _halves(0, 0)
+    # due in ~250, ~200 (the earliest) and ~300 ms. Three crops would end at ~300 ms, after the 200 ms one;
+    # without it two crops end at ~200 ms, before the other two are due: exactly one frame is shed.
+    now = now_ns()
+    verdicts = worker.process_batch([(_aged(1, 750, image), now), (_aged(2, 800, image), now),
+                                     (_aged(3, 700, image), now)])
+    assert [(v.seq, v.reason) for v in verdicts] == [(1, "ok"), (2, "timeout"), (3, "ok")]
+    assert verdicts[1].detail.startswith("shed: inference would end") and "100.0 ms per crop" in verdicts[1].detail
+    assert det.calls == [2]  # the shed frame never reached the detector
+    worker.close()
+
+
+def test_crop_cost_is_learned_from_live_batches_not_from_the_warm_up(make_config, rt) -> None:
+    cfg = make_config(deadline_ms=1000)
+    cfg = cfg.model_copy(update={"infer": cfg.infer.model_copy(update={"warmup": True})})
+    worker = InferWorker(cfg, detectors={"demo": rt.BrightnessDetector()}, metrics_port=-1, bind=False)
+    assert worker.crop_cost_ns is None  # warm-up batches (compile time) leave no estimate behind
+    image = _halves(0, 0)
+    # with no estimate yet, a frame due soon is still inferred: only frames past their deadline are shed
+    (v,) = worker.process_batch([(_aged(1, 900, image), now_ns())])
+    assert (v.reason, v.detail) == ("ok", "")
+    assert worker.crop_cost_ns is not None and worker.crop_cost_ns > 0
+    worker.close()
+
+
 def test_backend_options_reach_the_backend_and_bad_ones_name_the_field(make_config, tiny_model_dir: Path) -> None:
     cfg = make_config(model_dir=tiny_model_dir)
     exact = cfg.model_copy(update={"infer": cfg.infer.model_copy(

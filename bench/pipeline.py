@@ -7,6 +7,10 @@ memcpy of one camera frame against the line's ipc PUSH/PULL path (see bench/tran
 
     .venv/bin/python bench/pipeline.py --seconds 20                       # config/demo.yaml, model/demo
     .venv/bin/python bench/pipeline.py --seconds 20 --random-model 128    # no trained model needed
+    .venv/bin/python bench/pipeline.py --fps 10 --shed-baseline           # overload: shedding off, then on
+
+With ``--shed-baseline`` the line runs twice, first with ``infer.shed_late: false`` (the baseline: only frames
+already past their deadline are shed), then as configured, and prints the ratio of frames judged in time.
 """
 
 from __future__ import annotations
@@ -47,8 +51,11 @@ def _random_model(folder: Path, size: int) -> Path:
     return folder
 
 
-def _bench_config(config: LineConfig, tmp: Path, random_model: int | None) -> Path:
+def _bench_config(config: LineConfig, tmp: Path, random_model: int | None, fps: float | None = None,
+                  shed_late: bool | None = None) -> Path:
     doc = config_document(config)
+    if shed_late is not None:
+        doc["infer"]["shed_late"] = shed_late
     if random_model:
         model = _random_model(tmp / "model", random_model)
         doc["models"] = {name: {"path": str(model)} for name in doc["models"]}
@@ -60,6 +67,8 @@ def _bench_config(config: LineConfig, tmp: Path, random_model: int | None) -> Pa
     for cam in doc["cameras"]:
         if cam["source"]["kind"] == "synthetic" and not cam["source"].get("prerender"):
             cam["source"]["prerender"] = 32  # measure the line, not the renderer
+        if cam["source"]["kind"] == "synthetic" and fps is not None:
+            cam["source"]["fps"] = fps
     path = tmp / "line.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -85,19 +94,12 @@ def _line_figures(audit: Path, offered_fps: float) -> dict[str, Any]:
             "by_reason": by_reason}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"))
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--random-model", type=int, default=None, metavar="SIZE",
-                        help="use a random-weight 'fast' model of SIZE px instead of the config's models")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.json"))
-    args = parser.parse_args(argv)
-    config = load_config(args.config)
-    offered = sum(c.source.fps for c in config.cameras if isinstance(c.source, SyntheticSourceConfig))
+def _run_line(config: LineConfig, args: argparse.Namespace, offered: float,
+              shed_late: bool | None) -> tuple[dict[str, Any], int]:
+    """One timed ``linecam run`` of the bench config -> (figures from its audit log, exit code)."""
     with tempfile.TemporaryDirectory(prefix="linecam-pipeline-") as tmp_name:
         tmp = Path(tmp_name)
-        bench_config = _bench_config(config, tmp, args.random_model)
+        bench_config = _bench_config(config, tmp, args.random_model, args.fps, shed_late)
         cmd = [sys.executable, "-m", "linecam", "run", "--config", str(bench_config), "--duration",
                str(args.seconds), "--summary", str(tmp / "summary.json")]
         done = subprocess.run(cmd, text=True, capture_output=True)
@@ -105,7 +107,45 @@ def main(argv: list[str] | None = None) -> int:
         if done.returncode != 0:
             print(done.stderr[-3000:], file=sys.stderr)
             print(f"linecam run exited {done.returncode}", file=sys.stderr)
-        figures = _line_figures(tmp / "audit.jsonl", offered)
+        return _line_figures(tmp / "audit.jsonl", offered), done.returncode
+
+
+def _print_line(figures: dict[str, Any], offered: float) -> None:
+    print(f"end-to-end latency  p50 {figures['latency_ms_p50']:.1f} ms   p99 {figures['latency_ms_p99']:.1f} ms")
+    print(f"sustained           {figures['sustained_fps']:.1f} frames/s of {offered:.1f} offered "
+          f"(ratio {figures['sustained_over_offered']:.3f})")
+    print(f"inspected in time   {figures['inspected_fps']:.1f} frames/s (share {figures['inspected_share']:.3f}; "
+          f"the rest are timeout/overload rejects)")
+    print(f"verdicts by reason  {figures['by_reason']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"))
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--random-model", type=int, default=None, metavar="SIZE",
+                        help="use a random-weight 'fast' model of SIZE px instead of the config's models")
+    parser.add_argument("--fps", type=float, default=None, help="override every synthetic camera's fps")
+    parser.add_argument("--shed-baseline", action="store_true",
+                        help="first run the line with infer.shed_late false, as the baseline")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.json"))
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    offered = sum(args.fps or c.source.fps for c in config.cameras if isinstance(c.source, SyntheticSourceConfig))
+    baseline = None
+    if args.shed_baseline:
+        baseline, _ = _run_line(config, args, offered, shed_late=False)
+        print("-- baseline: infer.shed_late false")
+        _print_line(baseline, offered)
+        print("-- as configured")
+    figures, code = _run_line(config, args, offered, shed_late=None)
+    _print_line(figures, offered)
+    if baseline is not None:
+        figures["baseline_shed_late_false"] = baseline
+        ratio = figures["inspected_fps"] / baseline["inspected_fps"] if baseline["inspected_fps"] else float("inf")
+        figures["inspected_fps_vs_baseline"] = ratio
+        print(f"judged in time: {figures['inspected_fps']:.1f} frames/s vs {baseline['inspected_fps']:.1f} with "
+              f"shed_late false (ratio {ratio:.2f})")
     cam = config.cameras[0].source
     shape = (cam.height, cam.width, cam.channels) if isinstance(cam, SyntheticSourceConfig) else (2048, 2448)
     frame = np.random.default_rng(0).integers(0, 256, shape if shape[-1] != 1 else shape[:2], dtype=np.uint8)
@@ -115,19 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     figures["transport"] = {"frame_shape": list(frame.shape), "ipc_gb_per_s": ipc["gb_per_s"],
                             "memcpy_gb_per_s": base["gb_per_s"], "ratio_vs_memcpy": ipc["gb_per_s"] / base["gb_per_s"],
                             "ipc_frames_per_s": ipc["frames_per_s"]}
-    print(f"end-to-end latency  p50 {figures['latency_ms_p50']:.1f} ms   p99 {figures['latency_ms_p99']:.1f} ms")
-    print(f"sustained           {figures['sustained_fps']:.1f} frames/s of {offered:.1f} offered "
-          f"(ratio {figures['sustained_over_offered']:.3f})")
-    print(f"inspected in time   {figures['inspected_fps']:.1f} frames/s (share {figures['inspected_share']:.3f}; "
-          f"the rest are timeout/overload rejects)")
-    print(f"verdicts by reason  {figures['by_reason']}")
     t = figures["transport"]
     print(f"transport {tuple(t['frame_shape'])}: ipc {t['ipc_gb_per_s']:.2f} GB/s vs memcpy "
           f"{t['memcpy_gb_per_s']:.2f} GB/s (ratio {t['ratio_vs_memcpy']:.3f}; {t['ipc_frames_per_s']:.0f} frames/s)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
-    return 0 if done.returncode == 0 else 1
+    return 0 if code == 0 else 1
 
 
 if __name__ == "__main__":

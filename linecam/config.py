@@ -136,6 +136,10 @@ class InferConfig(_Strict):
     max_batch: int = Field(8, ge=1, le=1024)
     max_wait_ms: float = Field(4.0, ge=0, le=10_000)
     threads: int = Field(2, ge=1, le=256)
+    #: answer ``timeout`` at once, without inferring, for frames whose deadline falls before the expected end
+    #: of their batch (false: shed only frames already past it). Off only to measure what it gains
+    #: (``bench/pipeline.py --shed-baseline``): a frame inferred too late is rejected by the gate anyway.
+    shed_late: bool = True
     reject_dir: Path | None = None
     save_rejects: bool = True
     reject_queue: int = Field(16, ge=1, le=10_000)

@@ -514,7 +514,7 @@ class InferWorker:
                 item.reason, item.detail = "timeout", "stale: capture + deadline passed before inference"
             else:
                 live.append((due, item))
-        if self.crop_cost_ns is None or not live:
+        if self.crop_cost_ns is None or not live or not self.cfg.infer.shed_late:
             return
         live.sort(key=lambda entry: entry[0])
         crops = sum(len(self.regions.get(item.camera, ())) for _, item in live)

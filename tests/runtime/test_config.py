@@ -23,7 +23,7 @@ def test_demo_config_loads_regions_from_calibration_folders(tmp_path: Path, monk
     for cam in cfg.cameras:
         regions = cam.region_list()
         assert [(r.name, r.box, r.model, r.threshold) for r in regions] == [("vial", None, "demo", None)]
-    assert cfg.gate.deadline_ms == 300 and cfg.infer.max_batch == 8 and cfg.acquire.metrics_base_port == 9101
+    assert cfg.gate.deadline_ms == 300 and cfg.infer.max_batch == 2 and cfg.acquire.metrics_base_port == 9101
 
 
 def test_example_line_config_is_valid_apart_from_host_paths(tmp_path: Path) -> None:

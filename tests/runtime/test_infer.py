@@ -386,6 +386,21 @@ def test_frames_that_would_finish_late_are_shed_earliest_due_first(make_config, 
     worker.close()
 
 
+def test_shed_late_false_sheds_only_frames_past_their_deadline(make_config, rt) -> None:
+    cfg = make_config(deadline_ms=1000)
+    cfg = cfg.model_copy(update={"infer": cfg.infer.model_copy(update={"shed_late": False})})
+    det = rt.BrightnessDetector()
+    worker = InferWorker(cfg, detectors={"demo": det}, metrics_port=-1, bind=False)
+    worker.crop_cost_ns = 100e6
+    image = _halves(0, 0)
+    now = now_ns()
+    verdicts = worker.process_batch([(_aged(1, 750, image), now), (_aged(2, 800, image), now),
+                                     (_aged(3, 1100, image), now)])
+    assert [(v.seq, v.reason) for v in verdicts] == [(1, "ok"), (2, "ok"), (3, "timeout")]
+    assert "stale" in verdicts[2].detail and det.calls == [2]
+    worker.close()
+
+
 def test_crop_cost_is_learned_from_live_batches_not_from_the_warm_up(make_config, rt) -> None:
     cfg = make_config(deadline_ms=1000)
     cfg = cfg.model_copy(update={"infer": cfg.infer.model_copy(update={"warmup": True})})

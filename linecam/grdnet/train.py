@@ -341,12 +341,7 @@ class Trainer:
             start, card = load_model_dir(model_dir)
         except (ModelDirError, OSError) as exc:
             raise TrainError(f"--init-from {model_dir}: {exc}") from exc
-        have, want = card.profile.model_dump(), self.profile.model_dump()
-        if have != want:
-            fields = ", ".join(f"{k}: {have.get(k)!r} there, {want.get(k)!r} here"
-                               for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k))
-            raise TrainError(f"--init-from {model_dir}: its profile differs from the requested one ({fields}); "
-                             "pass the same --profile and --profile-set")
+        self._check_profile(card.profile.model_dump(), f"--init-from {model_dir}")
         self.model.load_state_dict(start.state_dict())
         last = model_dir / TRAINING_SUBDIR / CHECKPOINT_LAST
         if last.is_file():
@@ -705,6 +700,15 @@ class Trainer:
             _atomic_save({"epoch": epoch, "select_by": self.cfg.select_by, "value": self.best_val,
                           "profile": st["profile"], "model": shipped}, self.train_dir / CHECKPOINT_BEST)
 
+    def _check_profile(self, have: dict[str, Any], where: str) -> None:
+        """Refuse weights trained with another profile (resume, --init-from), listing the differing fields."""
+        want = self.profile.model_dump()
+        if have != want:
+            fields = ", ".join(f"{k}: {have.get(k)!r} there, {want.get(k)!r} here"
+                               for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k))
+            raise TrainError(f"{where}: its profile differs from the requested one ({fields}); "
+                             "pass the same --profile and --profile-set")
+
     def _read_checkpoint(self, path: Path) -> dict[str, Any]:
         """A ``checkpoint_last.pt`` as ``state`` wrote it; an unreadable or foreign file is a TrainError naming it."""
         try:
@@ -721,8 +725,7 @@ class Trainer:
         if not path.is_file():
             raise TrainError(f"{path}: no checkpoint to resume from")
         st = self._read_checkpoint(path)
-        if st["profile"] != self.profile.model_dump():
-            raise TrainError(f"{path}: checkpoint profile differs from the requested one; use the same --profile")
+        self._check_profile(st["profile"], str(path))
         saved = st.get("config", {})
         was = saved.get("select_by", "val_loss")
         if was != self.cfg.select_by:

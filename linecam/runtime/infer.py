@@ -505,7 +505,7 @@ class InferWorker:
         compute then goes to frames that can still make it. Until a live batch has been timed, only
         frames already past their deadline are shed.
         """
-        live: list[tuple[int, _Item]] = []
+        live: list[tuple[int, int, _Item]] = []  # (due, region crops, item)
         for item in items:
             if item.reason or item.header is None:
                 continue
@@ -513,21 +513,19 @@ class InferWorker:
             if due < batch_start:
                 item.reason, item.detail = "timeout", "stale: capture + deadline passed before inference"
             else:
-                live.append((due, item))
-        if self.crop_cost_ns is None or not live or not self.cfg.infer.shed_late:
+                live.append((due, len(self.regions.get(item.camera, ())), item))
+        if self.crop_cost_ns is None or not self.cfg.infer.shed_late:
             return
         live.sort(key=lambda entry: entry[0])
-        crops = sum(len(self.regions.get(item.camera, ())) for _, item in live)
-        while live:
-            due, item = live[0]
+        crops = sum(n for _, n, _ in live)
+        for due, n, item in live:
             expected_end = batch_start + self.crop_cost_ns * crops
             if due >= expected_end:
                 break
             item.reason = "timeout"
             item.detail = (f"shed: inference would end {(expected_end - due) / 1e6:.1f} ms after the deadline "
                            f"({self.crop_cost_ns / 1e6:.1f} ms per crop)")
-            crops -= len(self.regions.get(item.camera, ()))
-            live.pop(0)
+            crops -= n
 
     def _verdict(self, item: _Item, batch_start: int, infer_done: int) -> Verdict:
         regions = self.regions.get(item.camera, [])

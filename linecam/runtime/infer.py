@@ -504,6 +504,13 @@ class InferWorker:
         the earliest-due frame goes first, and the batch's expected end is recomputed without it. The
         compute then goes to frames that can still make it. Until a live batch has been timed, only
         frames already past their deadline are shed.
+
+        The prediction never sheds the last live frame of a batch (the latest due): only inferred batches
+        update ``crop_cost_ns``, so a worker that shed whole batches on one slow estimate would never measure
+        again. That happened: on the demo line at 3 x 20 fps, start-up contention timed three batches at
+        100-116 ms per crop, the estimate reached 350 ms, and from then on every frame was shed for the rest
+        of the run (0 frames judged in 12 s). With one frame inferred per batch the estimate follows the
+        real cost back down, at the price of at most one late verdict per batch while it does.
         """
         live: list[tuple[int, int, _Item]] = []  # (due, region crops, item)
         for item in items:
@@ -518,7 +525,7 @@ class InferWorker:
             return
         live.sort(key=lambda entry: entry[0])
         crops = sum(n for _, n, _ in live)
-        for due, n, item in live:
+        for due, n, item in live[:-1]:  # the latest-due frame is always inferred (see above)
             expected_end = batch_start + self.crop_cost_ns * crops
             if due >= expected_end:
                 break

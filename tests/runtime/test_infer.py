@@ -386,6 +386,31 @@ def test_frames_that_would_finish_late_are_shed_earliest_due_first(make_config, 
     worker.close()
 
 
+def test_a_too_high_cost_estimate_still_infers_one_frame_per_batch_and_recovers(make_config, rt) -> None:
+    cfg = make_config(deadline_ms=1000)
+    det = rt.BrightnessDetector()
+    worker = InferWorker(cfg, detectors={"demo": det}, metrics_port=-1, bind=False)
+    worker.crop_cost_ns = 5e9  # one slow batch made the estimate absurd: every frame looks late
+    image = _halves(0, 0)
+    for batch in range(3):
+        now = now_ns()
+        verdicts = worker.process_batch([(_aged(10 * batch + 1, 200, image), now),
+                                         (_aged(10 * batch + 2, 100, image), now)])
+        # the earliest-due frame is shed on the prediction; the latest-due one is inferred and measured
+        assert [v.reason for v in verdicts] == ["timeout", "ok"]
+        assert verdicts[0].detail.startswith("shed:")
+    assert det.calls == [1, 1, 1]
+    # each measured batch pulls the estimate toward the real cost (0.2 per batch): 5 s * 0.8^3 + measured
+    assert worker.crop_cost_ns < 5e9 * 0.8**3 + 0.1e9
+    # once the estimate has come down no frame is shed on prediction any more
+    for _ in range(40):
+        worker.process_batch([(_aged(99, 100, image), now_ns())])
+    now = now_ns()
+    verdicts = worker.process_batch([(_aged(100, 200, image), now), (_aged(101, 100, image), now)])
+    assert [v.reason for v in verdicts] == ["ok", "ok"]
+    worker.close()
+
+
 def test_shed_late_false_sheds_only_frames_past_their_deadline(make_config, rt) -> None:
     cfg = make_config(deadline_ms=1000)
     cfg = cfg.model_copy(update={"infer": cfg.infer.model_copy(update={"shed_late": False})})

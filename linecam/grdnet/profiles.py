@@ -7,15 +7,17 @@ by a newer version fails loudly instead of silently building a different network
 
 Two profiles ship:
 
-* ``fast``: the production profile. No 3x3 conv runs at the input resolution: every network starts with a 4x4
-  patchify stem, so the inference path (encoder + decoder + U-Net + scoring) is 1.37 GFLOP per 256x256 image.
-  The demo model overrides ``unet_stem_stride=1``: its U-Net sees the image at full resolution, because it must
-  tell a 3 px particle from a 3 px bubble ring. On the vial data (32 epochs, seed 2) that raised the test image
-  AUROC from 0.966 (2x2 stem, demo/6) to 0.992 and cut the out-of-ROI false rejects from 10.5% to 1.0%, for
-  10.7 GFLOP per image (33 ms at batch 1 in bf16 jit on two cores, against 3.2 GFLOP and 13 ms with the 2x2 stem
-  and 1.37 GFLOP with 4x4). It is not the default because it costs 8x the FLOPs of 4x4; a line whose defects
-  are large can keep the cheaper stems. bf16 drift from fp32 on the test split: +0.0010 AUROC (demo/7; bar
-  0.005). Re-measure with bench/infer.py and bench/backend_parity.py.
+* ``fast``: the production profile. The generator starts with a 4x4 patchify stem (no 3x3 conv at the input
+  resolution); the U-Net runs at full resolution (``unet_stem_stride=1``) with narrow levels (16, 32, 64, 128),
+  because it must tell a 3 px particle from a 3 px bubble ring: 5.4 GFLOP per 256x256 image, 18.5 ms at batch 1
+  in bf16 jit on two cores (``bench/infer.py``). Trained with the demo recipe (demo/8) it scores image AUROC 0.993
+  on the vial test split with 1.5% out-of-ROI false rejects (``bench/quality.py``). The measured alternatives,
+  same recipe: a 2x2 U-Net stem with widths (24, 48, 96, 128) (demo/6, 3.2 GFLOP, 13 ms) scored 0.966 with 10.5%
+  out-of-ROI false rejects: at half resolution a particle and a bubble ring look alike; the same widths at full
+  resolution (demo/7, 10.7 GFLOP, 33 ms) scored 0.992 with 1.0%: as good on the defect kinds it was trained on,
+  better on unseen kinds (AUROC 0.983 against 0.954), at 1.8x the time and over the 25 ms budget of a region.
+  Until demo/8 the profile's U-Net used a 4x4 stem and (24, 48, 96, 128) (1.37 GFLOP in all); models trained
+  then keep that architecture, because their cards store the whole profile.
 * ``paper``: 256x256, CRAE latent 32x8x8 as in section 4.4.1 of the paper, widths in the spirit of the authors'
   code (tens of millions of generator parameters). For comparisons, not for the line.
 """
@@ -87,8 +89,9 @@ PROFILES: dict[str, ModelProfile] = {
         gen_widths=(16, 32, 64, 128),
         latent_channels=32,
         disc_widths=(16, 32, 64, 128),
-        unet_widths=(24, 48, 96, 128),
+        unet_widths=(16, 32, 64, 128),
         stem_stride=4,
+        unet_stem_stride=1,
     ),
     "paper": ModelProfile(
         name="paper",

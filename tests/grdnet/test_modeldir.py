@@ -128,3 +128,14 @@ def test_save_refuses_mismatched_card(tmp_path: Path) -> None:
     model = build_grdnet(small_profile())
     with pytest.raises(ModelDirError, match="profile"):
         save_model_dir(tmp_path, model, make_card(get_profile("fast")))
+
+
+def test_the_shipped_demo_model_is_the_fast_profile_and_loads() -> None:
+    """The README and the profile docstring quote the demo model's figures as the ``fast`` profile's."""
+    demo = Path(__file__).resolve().parents[2] / "model" / "demo"
+    model, card = load_model_dir(demo)  # hash-checked against its card
+    assert card.profile == get_profile("fast")
+    assert card.profile.unet_stem() == 1  # the U-Net sees the full resolution
+    with torch.no_grad():
+        prob = model(torch.full((1, 3, 256, 256), 0.5))
+    assert prob.shape == (1, 1, 256, 256) and 0.0 <= float(prob.min()) <= float(prob.max()) <= 1.0

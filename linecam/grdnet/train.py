@@ -36,7 +36,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -219,6 +219,34 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def reestimate_batchnorm(
+    net: nn.Module,
+    run: Callable[[Tensor], object],
+    batches: Iterable[Tensor],
+    autocast: contextlib.AbstractContextManager[Any] | None = None,
+) -> None:
+    """Replace ``net``'s BatchNorm running statistics by their cumulative average over ``run(batch)``.
+
+    ``net`` is put in train mode (the caller sets the mode of everything else ``run`` touches, e.g. an eval-mode
+    generator feeding the U-Net) and its momenta are restored afterwards. Used by ``Trainer.refresh_bn_stats``
+    and by test fixtures that fit a network briefly: running averages lag behind weights that move fast.
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the refresh batches
+    net.train()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                with autocast if autocast is not None else contextlib.nullcontext():
+                    run(batch)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
 
 
 def random_rotate(x: Tensor, roi: Tensor, max_angle: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -539,20 +567,8 @@ class Trainer:
         generator, unet = target.generator, target.unet
         for net, run in ((generator, lambda xa: generator(xa)),
                          (unet, lambda xa: unet(xa, generator.reconstruct(xa)))):
-            bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-            momenta = [m.momentum for m in bns]
-            for m in bns:
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average over the refresh batches
-            target.eval()
-            net.train()
-            try:
-                for xa in batches:
-                    with ac:
-                        run(xa)
-            finally:
-                for m, mom in zip(bns, momenta, strict=True):
-                    m.momentum = mom
+            target.eval()  # the U-Net's pass runs the eval-mode generator refreshed just before
+            reestimate_batchnorm(net, run, batches, ac)
         target.train()
 
     @torch.no_grad()

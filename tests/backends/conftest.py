@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from linecam.grdnet.model import build_grdnet
 from linecam.grdnet.modeldir import ModelCard, save_model_dir
 from linecam.grdnet.profiles import get_profile
+from linecam.grdnet.train import reestimate_batchnorm
 
 TEST_SIZE = 32
 # A slim variant of the production profile: same block types and strides, fewer channels, so the fit and
@@ -82,19 +83,12 @@ def refresh_unet_bn(model: torch.nn.Module, size: int, batches: int = 8) -> None
     Why: at this learning rate the weights move faster than the running averages follow; with the full-resolution
     U-Net the stale statistics inverted the eval-mode ranking (AUROC 0.25 in eval mode, 1.0 in train mode).
     """
-    norms = [m for m in model.unet.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the refresh batches
-    model.unet.train()
-    with torch.no_grad():
-        for k in range(batches):
-            imgs, _ = blob_images(8, size, defect=k % 4 != 0, seed=5000 + k)
-            x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
-            model.unet(x, model.generator.reconstruct(x))
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
+    inputs = []
+    for k in range(batches):
+        imgs, _ = blob_images(8, size, defect=k % 4 != 0, seed=5000 + k)
+        inputs.append(torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255)
+    model.eval()
+    reestimate_batchnorm(model.unet, lambda x: model.unet(x, model.generator.reconstruct(x)), inputs)
 
 
 def make_model_dir(path: Path, size: int = TEST_SIZE, seed: int = 0, fit: bool = True) -> Path:

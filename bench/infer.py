@@ -59,18 +59,33 @@ def best_time(fn: Callable[[], Any], seconds: float) -> float:
     return best
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 1024, seconds: float = 1.0) -> float:
-    """Peak FLOP/s of an n x n matmul in ``dtype`` (the best a conv can hope for)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    return 2 * n**3 / best_time(lambda: a @ b, seconds)
+def _synced(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+    """``fn`` followed by a wait for the device (GPU kernels run asynchronously to the host clock)."""
+    if device.type != "cuda":
+        return fn
+
+    def run() -> Any:
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return run
 
 
-def copy_bandwidth(mib: int = 128, seconds: float = 1.0) -> float:
-    """Peak bytes/s moved by a large tensor copy (read + write counted)."""
-    src = torch.ones(mib << 18, dtype=torch.float32)
+def matmul_rate(dtype: torch.dtype, n: int = 1024, seconds: float = 1.0, device: str = "cpu") -> float:
+    """Peak FLOP/s of an n x n matmul in ``dtype`` on ``device`` (the best a conv can hope for)."""
+    dev = torch.device(device)
+    a = torch.randn(n, n, device=dev).to(dtype)
+    b = torch.randn(n, n, device=dev).to(dtype)
+    return 2 * n**3 / best_time(_synced(lambda: a @ b, dev), seconds)
+
+
+def copy_bandwidth(mib: int = 128, seconds: float = 1.0, device: str = "cpu") -> float:
+    """Peak bytes/s moved by a large tensor copy on ``device`` (read + write counted)."""
+    dev = torch.device(device)
+    src = torch.ones(mib << 18, dtype=torch.float32, device=dev)
     dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / best_time(lambda: dst.copy_(src), seconds)
+    return 2 * src.numel() * 4 / best_time(_synced(lambda: dst.copy_(src), dev), seconds)
 
 
 # ----------------------------------------------------------------------------------------------- model cost

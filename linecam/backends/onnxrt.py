@@ -5,11 +5,12 @@ The ONNX graph takes uint8 RGB (N, H, W, 3) of any size and a float mask (N, 1, 
 numpy view/copy before the call (the exported graph has a fixed channel count). Without a caller mask the
 backend feeds a cached all-ones mask, so one graph serves both cases.
 
-Options: ``threads`` (intra-op threads), ``providers`` (default: CUDA when onnxruntime-gpu sees a GPU,
-then CPU), ``spin`` (default True, onnxruntime's own default: the intra-op threads busy-wait after each run
-for the next one). ``spin=False`` lets them sleep: on a 2-core machine the spinning threads took CPU from the
-next thing that ran, so a fp32 eager torch call timed right after an onnxruntime call took 55-62 ms instead of
-31 ms (``bench/infer.py`` times its variants round-robin and turns spinning off).
+Options: ``threads`` (intra-op threads), ``providers`` (default: CUDA when onnxruntime-gpu sees a GPU, then CPU;
+a provider named explicitly that this onnxruntime lacks is an error, because onnxruntime itself would only warn
+and quietly run on the CPU), ``spin`` (default True, onnxruntime's own default: the intra-op threads busy-wait
+after each run for the next one). ``spin=False`` lets them sleep: on a 2-core machine the spinning threads took
+CPU from the next thing that ran, so a fp32 eager torch call timed right after an onnxruntime call took 55-62 ms
+instead of 31 ms (``bench/infer.py`` times its variants round-robin and turns spinning off).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from linecam.backends.base import BackendSpec, Detection, register_backend
+from linecam.backends.base import BackendSpec, BackendUnavailableError, Detection, register_backend
 from linecam.backends.inputs import check_images, check_masks
 from linecam.backends.modelfiles import ONNX_NAME, read_card, verified_file
 
@@ -75,6 +76,12 @@ class OnnxRuntimeDetector:
             opts.intra_op_num_threads = int(threads)
         if not spin:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if providers is not None:
+            missing = [p for p in providers if p not in ort.get_available_providers()]
+            if missing:
+                raise BackendUnavailableError(
+                    f"onnxruntime option providers: {', '.join(missing)} not available in this onnxruntime "
+                    f"(available: {', '.join(ort.get_available_providers())})")
         self.providers = list(providers) if providers is not None else default_providers()
         self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=self.providers)
         names = {i.name for i in self.session.get_inputs()}

@@ -18,6 +18,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from linecam.backends import create_detector
+from linecam.backends.base import BackendUnavailableError
 from linecam.backends.export import ExportError, max_score_difference
 from linecam.backends.onnxrt import OnnxRuntimeDetector
 from linecam.grdnet.modeldir import ModelDirError, file_sha256, load_model_dir
@@ -96,6 +97,20 @@ def test_onnxruntime_spin_option_reaches_the_session_and_keeps_the_scores(export
     finally:
         spinning.close()
         sleeping.close()
+
+
+def test_an_explicit_provider_this_onnxruntime_lacks_is_refused_not_run_on_the_cpu(exported_model_dir: Path) -> None:
+    """onnxruntime itself only warns for a missing provider and runs on the CPU; a line configured for the
+    CUDA provider must not quietly run 20x slower than planned."""
+    missing = next(p for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider")
+                   if p not in ort.get_available_providers())
+    with pytest.raises(BackendUnavailableError, match=missing):
+        create_detector(exported_model_dir, "onnxruntime", providers=[missing, "CPUExecutionProvider"])
+    det = create_detector(exported_model_dir, "onnxruntime", providers=["CPUExecutionProvider"])
+    try:
+        assert det.session.get_providers() == ["CPUExecutionProvider"]  # type: ignore[attr-defined]
+    finally:
+        det.close()
 
 
 def test_corrupted_onnx_is_refused_naming_the_file(exported_model_dir: Path, tmp_path: Path) -> None:

@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--gpu", action="store_true", help="also the GPU backends (torch-cuda, ORT CUDA, TensorRT)")
-    ap.add_argument("--cpu-variants", default="all",
-                    help="'all', or 'reference' to run only the fp32 reference on the CPU (GPU runs)")
+    ap.add_argument("--cpu-variants", choices=("all", "reference"), default="all",
+                    help="'reference': only the fp32 reference on the CPU (what a GPU run needs)")
     ap.add_argument("--check", action="store_true", help="exit 1 when a backend misses a bar (see above)")
     ap.add_argument("--out", default="bench/results/backend_parity.json")
     args = ap.parse_args(argv)

@@ -214,7 +214,8 @@ DATA="${DATA:-}"
 WORK="$(mktemp -d)"
 if [[ -z "$DATA" ]]; then
     DATA="$WORK/bfs"
-    timeout 60 "$PY" -m linecam synth --out "$DATA" --seed 1 --workers "$(nproc)" | tail -n 2
+    timeout 60 "$PY" -m linecam synth --out "$DATA" --seed 1 --workers "$(nproc)" | tail -n 2 \
+        || { echo "synth failed: no test split to check the GPU backends on"; exit 1; }
 fi
 cp -r "$REPO/model/demo" "$WORK/demo"  # exported in a copy: the committed model directory stays as it is
 timeout 60 "$PY" -m linecam export --model "$WORK/demo" | tail -n 3 \

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 
 from linecam.runtime.sources import SourceError, create_source
 from linecam.runtime.sources.config import SyntheticSourceConfig
+from linecam.runtime.sources.synthetic import PRERENDER_NICENESS
 
 
 def _grab_n(cfg: SyntheticSourceConfig, n: int) -> list:  # type: ignore[type-arg]
@@ -76,3 +80,26 @@ def test_bad_settings_name_the_source() -> None:
     source = create_source(SyntheticSourceConfig(area="no-such-area", width=64, height=64))
     with pytest.raises(SourceError, match="synthetic.*area.*no-such-area"):
         source.open()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is a Linux feature")
+def test_the_prerender_bank_is_rendered_at_the_lowest_cpu_priority_and_the_caller_keeps_its_own() -> None:
+    """Start-up rendering must yield the CPU to the inference worker; the camera's own thread keeps its priority."""
+    source = create_source(SyntheticSourceConfig(fps=25, width=64, height=64, seed=4, prerender=3))
+    seen: list[int] = []
+    render = source._render_live  # type: ignore[attr-defined]
+
+    def recording() -> object:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return render()
+
+    source._render_live = recording  # type: ignore[attr-defined]
+    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    source.open()
+    try:
+        assert len(seen) == 3 and set(seen) == {max(caller, PRERENDER_NICENESS)}
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller
+        frame = source.grab(1.0)
+        assert frame is not None and frame.image.shape[:2] == (64, 64)
+    finally:
+        source.close()

@@ -6,6 +6,10 @@ truth, the demo can count true and false rejects live.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import threading
 import time
 from typing import Any
 
@@ -14,6 +18,21 @@ import numpy as np
 from linecam.runtime.messages import Truth
 from linecam.runtime.sources.base import GrabbedFrame, Pacer, SourceError
 from linecam.runtime.sources.config import SyntheticSourceConfig
+
+#: CPU priority (niceness) of the thread that pre-renders the bank. Pre-rendering is start-up work, but the first
+#: camera of a line starts streaming while the others still render: on the 2-core demo machine their rendering
+#: took the CPU from the inference worker, and the first camera's frames timed out for about a second.
+PRERENDER_NICENESS = 19
+
+
+def lower_thread_priority(niceness: int) -> None:
+    """Raise the calling thread's niceness to ``niceness`` (Linux keeps one per thread; elsewhere do nothing:
+    there ``setpriority`` on a thread id could hit the process that happens to have that number)."""
+    if not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):  # a sandbox may forbid it; rendering at normal priority is still correct
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
 
 
 class SyntheticSource:
@@ -37,9 +56,29 @@ class SyntheticSource:
                                            area=c.area, channels=c.channels, outside_roi_rate=c.outside_roi_rate)
         except (ValueError, KeyError) as exc:
             raise SourceError(f"source (synthetic): {exc}") from exc
-        self._bank = [self._render_live() for _ in range(c.prerender)]
+        self._bank = self._render_bank(c.prerender)
         for frame in self._bank:
             frame.image.flags.writeable = False
+
+    def _render_bank(self, count: int) -> list[GrabbedFrame]:
+        """``count`` frames rendered in a thread at the lowest CPU priority (the caller waits for it)."""
+        bank: list[GrabbedFrame] = []
+        failures: list[BaseException] = []
+
+        def work() -> None:
+            lower_thread_priority(PRERENDER_NICENESS)
+            try:
+                bank.extend(self._render_live() for _ in range(count))
+            except BaseException as exc:  # re-raised in the caller's thread
+                failures.append(exc)
+
+        if count:
+            worker = threading.Thread(target=work, name="prerender", daemon=True)
+            worker.start()
+            worker.join()
+        if failures:
+            raise failures[0]
+        return bank
 
     def _render(self) -> GrabbedFrame:
         """The next frame: live, or a pre-rendered one (read-only, so sending it zero-copy again is safe)."""

@@ -77,11 +77,12 @@ class OnnxRuntimeDetector:
         if not spin:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if providers is not None:
-            missing = [p for p in providers if p not in ort.get_available_providers()]
+            available = ort.get_available_providers()
+            missing = [p for p in providers if p not in available]
             if missing:
                 raise BackendUnavailableError(
                     f"onnxruntime option providers: {', '.join(missing)} not available in this onnxruntime "
-                    f"(available: {', '.join(ort.get_available_providers())})")
+                    f"(available: {', '.join(available)})")
         self.providers = list(providers) if providers is not None else default_providers()
         self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=self.providers)
         names = {i.name for i in self.session.get_inputs()}

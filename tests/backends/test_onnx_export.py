@@ -101,7 +101,7 @@ def test_onnxruntime_spin_option_reaches_the_session_and_keeps_the_scores(export
 
 def test_an_explicit_provider_this_onnxruntime_lacks_is_refused_not_run_on_the_cpu(exported_model_dir: Path) -> None:
     """onnxruntime itself only warns for a missing provider and runs on the CPU; a line configured for the
-    CUDA provider must not quietly run 20x slower than planned."""
+    CUDA provider must not quietly run on the CPU instead."""
     missing = next(p for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider")
                    if p not in ort.get_available_providers())
     with pytest.raises(BackendUnavailableError, match=missing):

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, object]] = []
     failures: list[str] = []
     reference: np.ndarray | None = None
-    ref_auroc: float | None = None
+    ref_auroc = 0.0
     for variant in variants:
         try:
             det = create_detector(args.model, variant.backend, threads=args.threads, **variant.options)
@@ -137,12 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         scores = score_all(det, images, args.batch)
         elapsed = time.perf_counter() - t0
         det.close()
-        if reference is None:
-            reference = scores
-        diff = np.abs(scores - reference)
         auroc = float(roc_auc_score(labels, scores))
-        if ref_auroc is None:
-            ref_auroc = auroc
+        if reference is None:  # the first variant is the fp32 reference
+            reference, ref_auroc = scores, auroc
+        diff = np.abs(scores - reference)
         rows.append({"variant": variant.title, "backend": variant.backend, "precision": variant.precision,
                      "auroc": auroc, "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
                      "tolerance": variant.tolerance, "images_per_s": len(images) / elapsed})

@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -61,24 +62,16 @@ class SyntheticSource:
             frame.image.flags.writeable = False
 
     def _render_bank(self, count: int) -> list[GrabbedFrame]:
-        """``count`` frames rendered in a thread at the lowest CPU priority (the caller waits for it)."""
-        bank: list[GrabbedFrame] = []
-        failures: list[BaseException] = []
+        """``count`` frames rendered in a thread at the lowest CPU priority (the caller waits; errors re-raise)."""
+        if not count:
+            return []
 
-        def work() -> None:
+        def work() -> list[GrabbedFrame]:
             lower_thread_priority(PRERENDER_NICENESS)
-            try:
-                bank.extend(self._render_live() for _ in range(count))
-            except BaseException as exc:  # re-raised in the caller's thread
-                failures.append(exc)
+            return [self._render_live() for _ in range(count)]
 
-        if count:
-            worker = threading.Thread(target=work, name="prerender", daemon=True)
-            worker.start()
-            worker.join()
-        if failures:
-            raise failures[0]
-        return bank
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prerender") as pool:
+            return pool.submit(work).result()
 
     def _render(self) -> GrabbedFrame:
         """The next frame: live, or a pre-rendered one (read-only, so sending it zero-copy again is safe)."""

@@ -10,6 +10,9 @@ AUROC difference to the reference.
 is 1 when a backend's AUROC is more than 0.005 from the reference's (the issue's bar), when its largest score
 difference is above the tolerance stated for its precision in ``VARIANTS``, or when a backend that must be
 there is not (torch-cuda under ``--gpu``; onnxruntime's CUDA provider and TensorRT are optional extras).
+A variant this CPU cannot run natively (bf16 on a CPU without bf16 instructions, e.g. an AVX2-only EPYC) is
+reported as "not available here" with the reason, listed under ``skipped`` in the JSON, and never counted as a
+failure: the CPU decides which variants apply (``linecam.hardware``).
 
     .venv/bin/python bench/backend_parity.py --model model/demo --data data/bfs
     .venv/bin/python bench/backend_parity.py --model model/demo --data data/bfs --gpu --check
@@ -29,6 +32,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from linecam.backends import create_detector
+from linecam.hardware import cpu_summary, why_no_bf16
 from linecam.synth.layout import load_index
 
 AUROC_BAR = 0.005
@@ -51,6 +55,13 @@ class Variant:
     @property
     def tolerance(self) -> float:
         return TOLERANCE[self.precision]
+
+    def unavailable_here(self) -> str | None:
+        """Why this CPU cannot run the variant natively (None when it can): bf16 on the CPU needs bf16
+        instructions; elsewhere it is emulated, and ``auto`` never runs it."""
+        if self.precision == "bf16" and self.backend == "torch-cpu":
+            return why_no_bf16()
+        return None
 
 
 CPU_VARIANTS: tuple[Variant, ...] = (
@@ -121,9 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         variants += GPU_VARIANTS
     rows: list[dict[str, object]] = []
     failures: list[str] = []
+    skipped: list[dict[str, str]] = []
     reference: np.ndarray | None = None
     ref_auroc = 0.0
     for variant in variants:
+        reason = variant.unavailable_here()
+        if reason is not None:
+            print(f"{variant.title:38s} not available here: {reason}")
+            skipped.append({"variant": variant.title, "reason": reason})
+            continue
         try:
             det = create_detector(args.model, variant.backend, threads=args.threads, **variant.options)
         except Exception as exc:  # a backend missing here (no GPU, no model.onnx...) is reported
@@ -150,11 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['variant']:38s} {r['auroc']:7.4f} {r['auroc'] - ref_auroc:+8.4f} "  # type: ignore[operator]
               f"{r['max_abs_diff']:9.2e} {r['tolerance']:6g} {r['mean_abs_diff']:9.2e} {r['images_per_s']:7.1f}")
+    for skip in skipped:
+        print(f"SKIP {skip['variant']}: not available here ({skip['reason']})")
     for f in failures:
         print(f"FAIL {f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"model": args.model, "split": args.split, "rows": rows,
-                                          "failures": failures}, indent=1) + "\n")
+    Path(args.out).write_text(json.dumps({"model": args.model, "split": args.split, "cpu": cpu_summary(),
+                                          "rows": rows, "skipped": skipped, "failures": failures}, indent=1) + "\n")
     return 1 if args.check and failures else 0
 
 

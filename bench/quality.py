@@ -20,6 +20,7 @@ import torch
 from linecam.grdnet.datasets import read_binary_mask, resize_mask
 from linecam.grdnet.evaluate import evaluate_model, prepare_for_inference
 from linecam.grdnet.modeldir import load_model_dir
+from linecam.hardware import resolve_precision
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "false_reject_rate", "escape_rate",
         "false_reject_rate_at_escape_0", "false_reject_rate_at_escape_0.01", "outside_roi_false_reject_rate")
@@ -46,13 +47,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, type=Path)
     ap.add_argument("--data", required=True, type=Path)
-    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="auto: bf16 where this CPU has bf16 instructions, else fp32 (linecam.hardware)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--fixed-mask", type=Path, default=None, help="also score with this per-camera mask")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     model, card = load_model_dir(args.model)
     size = card.profile.image_size
+    args.precision = resolve_precision(args.precision, "cpu")
     net = prepare_for_inference(model, "cpu", args.precision)
     print(f"model {card.name}/{card.version} profile {card.profile.name} roi_variant {card.roi_variant} {size}px")
     metrics, _ = evaluate_model(net, args.data, size, batch_size=args.batch_size, precision=args.precision)

@@ -237,6 +237,9 @@ class GateConfig(_Strict):
 
 class AcquireConfig(_Strict):
     metrics_base_port: int = Field(9101, ge=0, le=65535)
+    #: ``linecam run`` slows synthetic cameras to the rate the worker measured it can judge in time on this
+    #: machine (``linecam.runtime.capacity``); false keeps the configured rate (to measure overload).
+    fit_synthetic_fps: bool = True
 
 
 class LineConfig(_Strict):

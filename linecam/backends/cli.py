@@ -49,6 +49,7 @@ def cmd_export(args: Any) -> int:
             max_batch=args.max_batch,
             fp16=not args.no_fp16,
             tolerance=args.tolerance,
+            progress=True,
         )
     except (ExportError, ModelDirError, ValueError) as exc:
         print(f"linecam export: {exc}", file=sys.stderr)

@@ -34,6 +34,7 @@ from linecam.backends.onnxrt import (
     OnnxRuntimeDetector,
     to_rgb,
 )
+from linecam.progress import phase
 
 DEFAULT_OPSET = 18
 DEFAULT_MAX_BATCH = 64
@@ -212,26 +213,33 @@ def export_model_dir(
     max_batch: int = DEFAULT_MAX_BATCH,
     fp16: bool = True,
     tolerance: float = PARITY_TOLERANCE,
+    progress: bool = False,
 ) -> ExportReport:
     """Export, verify and register ``model.onnx`` (and ``model.fp16.onnx``) in ``model_dir``'s card.
 
     Each file is written under a temporary name and only renamed into place once it passed its checks, so
-    a failed export never leaves a half-checked ``model.onnx`` behind.
+    a failed export never leaves a half-checked ``model.onnx`` behind. ``progress`` prints each phase as it
+    starts and ends (the CLI's output; an export takes tens of seconds).
     """
     import os
 
-    from linecam.grdnet.modeldir import file_sha256, load_model_dir, register_file
+    from linecam.grdnet.modeldir import file_sha256, load_model_dir, published_record, register_file
 
     model_dir = Path(model_dir)
+    if published_record(model_dir) is not None:
+        raise ExportError(f"{model_dir} is a published model version and is never rewritten (publishing exported "
+                          "its model.onnx already); export a working copy and publish that as a new version")
     grdnet, card = load_model_dir(model_dir, verify=True)
     size = (int(card.input_size[0]), int(card.input_size[1]))
     onnx_path = model_dir / ONNX_NAME
-    tmp = export_graph(grdnet, size, model_dir / f".{ONNX_NAME}.tmp", opset=opset, max_batch=max_batch)
+    with phase(f"export: tracing {model_dir} to ONNX (torch.export)", enabled=progress):
+        tmp = export_graph(grdnet, size, model_dir / f".{ONNX_NAME}.tmp", opset=opset, max_batch=max_batch)
     try:
-        check_onnx(tmp)
-        diff = max_score_difference(tmp, grdnet, size, parity_images(size))
-        golden = read_golden_images(model_dir)
-        golden_diff = max_score_difference(tmp, grdnet, size, golden) if golden else None
+        with phase("export: checking the graph and its scores against torch fp32", enabled=progress):
+            check_onnx(tmp)
+            diff = max_score_difference(tmp, grdnet, size, parity_images(size))
+            golden = read_golden_images(model_dir)
+            golden_diff = max_score_difference(tmp, grdnet, size, golden) if golden else None
         worst = max(diff, golden_diff or 0.0)
         if not worst <= tolerance:
             raise ExportError(
@@ -240,11 +248,12 @@ def export_model_dir(
             )
         fp16_tmp: Path | None = None
         if fp16:
-            grdnet16, _ = load_model_dir(model_dir, verify=True)
-            fp16_tmp = export_graph(
-                grdnet16, size, model_dir / f".{ONNX_FP16_NAME}.tmp", opset, max_batch, dtype=torch.float16
-            )
-            check_onnx(fp16_tmp)
+            with phase("export: the fp16 variant for TensorRT", enabled=progress):
+                grdnet16, _ = load_model_dir(model_dir, verify=True)
+                fp16_tmp = export_graph(
+                    grdnet16, size, model_dir / f".{ONNX_FP16_NAME}.tmp", opset, max_batch, dtype=torch.float16
+                )
+                check_onnx(fp16_tmp)
     except BaseException:
         for leftover in model_dir.glob(".model*.onnx.tmp"):
             leftover.unlink(missing_ok=True)

@@ -23,9 +23,9 @@ fp32 (bar: 0.005; max score difference 0.046). The autocast graph drifts -0.0004
 same or lower batch-1 latency (``bench/backend_parity.py``, ``bench/infer.py``). ``fold_bf16`` (default True)
 lets ``torch.jit.freeze`` fold the BatchNorms that follow a convolution (``optimize_numerics``).
 
-Options: ``precision`` ("auto" = bf16 when oneDNN supports it, "bf16", "fp32"), ``mode`` ("jit" or
-"eager"), ``fuse`` (True), ``threads`` (``torch.set_num_threads``; process-wide), ``warmup`` (batch sizes),
-``fold_bf16`` (True).
+Options: ``precision`` ("auto" = bf16 on a CPU with AMX, else fp32, see ``linecam.hardware``; "bf16";
+"fp32"), ``mode`` ("jit" or "eager"), ``fuse`` (True), ``threads`` (``torch.set_num_threads``; process-wide),
+``warmup`` (batch sizes), ``fold_bf16`` (True).
 """
 
 from __future__ import annotations
@@ -43,17 +43,16 @@ from torch import nn
 from linecam.backends.base import BackendSpec, register_backend
 from linecam.backends.graph import InferenceGraph
 from linecam.backends.torch_common import TorchGraphDetector, load_grdnet
+from linecam.hardware import native_bf16, why_fp32_is_faster, why_no_bf16
 
 PRECISIONS = ("auto", "bf16", "fp32")
 MODES = ("jit", "eager")
 
 
 def cpu_supports_bf16() -> bool:
-    """True when oneDNN has fast bf16 kernels here (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """True when bf16 is native here (AVX512-BF16 / AMX, see :mod:`linecam.hardware`); elsewhere it is emulated
+    and slower than fp32, so ``auto`` never picks it."""
+    return native_bf16()
 
 
 def resolve_precision(precision: str) -> torch.dtype:
@@ -64,9 +63,10 @@ def resolve_precision(precision: str) -> torch.dtype:
         return torch.float32
     if precision == "bf16":
         if not cpu_supports_bf16():
-            raise ValueError("torch-cpu precision='bf16' requested but this CPU has no oneDNN bf16 support")
+            raise ValueError(f"torch-cpu precision='bf16' requested, but {why_no_bf16()}; use precision fp32 "
+                             "or auto")
         return torch.bfloat16
-    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    return torch.bfloat16 if why_fp32_is_faster() is None else torch.float32
 
 
 def cpu_autocast(dtype: torch.dtype) -> torch.autocast:

@@ -74,7 +74,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    e = subparsers.add_parser("eval", help="evaluate a model directory; calibrate and store its threshold")
+    e = subparsers.add_parser("eval", help="evaluate a model directory (read-only unless --store)")
     e.add_argument("--model", required=True, type=Path)
     e.add_argument("--data", required=True, type=Path)
     e.add_argument("--json", required=True, type=Path, help="metrics JSON to write")
@@ -84,7 +84,10 @@ def register(subparsers: Any) -> None:
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     e.add_argument("--fixed-mask", type=Path, default=None,
                    help="optional per-camera scoring mask (default: none, the ROI attention is learned)")
-    e.add_argument("--no-store", action="store_true", help="do not write threshold and metrics into card.json")
+    e.add_argument("--store", action="store_true",
+                   help="also write the val-calibrated threshold and the metrics into the model's card.json (never "
+                        "into a published version; the line reads that threshold); default: the card is untouched")
+    e.add_argument("--no-store", action="store_true", help=argparse.SUPPRESS)  # the default since 0.1: kept for scripts
     e.set_defaults(func=cmd_eval)
 
     r = subparsers.add_parser("predict", help="score images with a model directory")
@@ -105,9 +108,10 @@ def _err(msg: str) -> int:
 
 
 def _precision(value: str, device: str) -> str:
-    if value != "auto":
-        return value
-    return "fp16" if device == "cuda" else "bf16"
+    """``--precision`` resolved for this machine (see :func:`linecam.hardware.resolve_precision`)."""
+    from linecam.hardware import resolve_precision
+
+    return resolve_precision(value, device)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -157,10 +161,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from linecam.grdnet.datasets import DatasetError, read_binary_mask, resize_mask
     from linecam.grdnet.evaluate import evaluate_model, prepare_for_inference, summary_line, write_metrics_json
-    from linecam.grdnet.modeldir import ModelDirError, load_model_dir, write_card
+    from linecam.grdnet.modeldir import ModelDirError, load_model_dir, published_record, write_card
 
-    precision = _precision(args.precision, args.device)
+    if args.store and args.no_store:
+        return _err("--store and --no-store contradict each other")
+    if args.store and published_record(args.model) is not None:
+        return _err(f"{args.model} is a published model version: its card is never rewritten (the line reads its "
+                    "threshold); evaluate a working copy with --store and publish it as a new version")
     try:
+        precision = _precision(args.precision, args.device)
         model, card = load_model_dir(args.model)
         size = card.profile.image_size
         fixed = _load_fixed_mask(args.fixed_mask, size, read_binary_mask, resize_mask)
@@ -174,15 +183,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     write_metrics_json(args.json, metrics)
     if args.report is not None:
         from linecam.grdnet.report import write_report
+        from linecam.progress import phase
 
         model_cpu, _ = load_model_dir(args.model)
-        write_report(args.report, model_cpu, preds, metrics, size)
-    if not args.no_store:
+        with phase(f"eval report into {args.report}"):
+            write_report(args.report, model_cpu, preds, metrics, size)
+    print(f"{summary_line(metrics)}  threshold={metrics['threshold']:.5f}")
+    if args.store:
         keep = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
         keep["data"] = str(args.data)
-        write_card(args.model, card.model_copy(update={"threshold": metrics["threshold"], "metrics": keep}))
-    print(f"{summary_line(metrics)}  threshold={metrics['threshold']:.5f}")
+        try:
+            write_card(args.model, card.model_copy(update={"threshold": metrics["threshold"], "metrics": keep}))
+        except ModelDirError as exc:
+            return _err(str(exc))
+        print(f"{args.model / 'card.json'}: threshold {_fmt_threshold(card.threshold)} -> "
+              f"{metrics['threshold']:.5f} (best F1 on {metrics['calibration_split']}), metrics replaced")
+    else:
+        print(f"{args.model / 'card.json'} unchanged (threshold {_fmt_threshold(card.threshold)}); --store writes "
+              f"the threshold above into it")
     return 0
+
+
+def _fmt_threshold(value: float | None) -> str:
+    return "none" if value is None else f"{value:.5f}"
 
 
 def _load_fixed_mask(path: Path | None, size: int, read_mask: Any, resize: Any) -> Any:
@@ -209,9 +232,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from linecam.grdnet.evaluate import autocast_context, prepare_for_inference
     from linecam.grdnet.modeldir import ModelDirError, load_model_dir
     from linecam.grdnet.scoring import score_maps
+    from linecam.progress import Progress
 
-    precision = _precision(args.precision, args.device)
     try:
+        precision = _precision(args.precision, args.device)
         model, card = load_model_dir(args.model)
         size = card.profile.image_size
         fixed = _load_fixed_mask(args.roi, size, read_binary_mask, resize_mask)
@@ -219,6 +243,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         threshold = args.threshold if args.threshold is not None else card.threshold
         results = []
         dev = torch.device(args.device)
+        bar = Progress(len(args.images), "predict")
         for path in args.images:
             rgb = resize_rgb(read_rgb(path), size)
             x = image_to_tensor(rgb)[None].to(dev)
@@ -230,6 +255,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             results.append({"path": str(path), "score": s, "threshold": threshold, "decision": decision})
             if args.heatmaps is not None:
                 _write_heatmap(args.heatmaps / f"{path.stem}_heatmap.png", rgb, smooth[0, 0].cpu().numpy(), np)
+            bar.update()
+        bar.close()
     except (ModelDirError, DatasetError, ValueError) as exc:
         return _err(str(exc))
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -64,17 +64,21 @@ def predict_dataset(
     device: str = "cpu",
     precision: str = "fp32",
     fixed_mask: torch.Tensor | None = None,
+    progress: str | None = None,
 ) -> Predictions:
     """Run ``model`` (a GRDNet: x -> prob map) over a dataset WITHOUT giving it the ROI.
 
     ``fixed_mask`` is the optional per-camera mask of the scoring head (production option), never the per-image ROI.
+    ``progress`` names the pass in progress reports (None: silent, as inside a training epoch).
     """
     from linecam.grdnet.scoring import score_maps
+    from linecam.progress import Progress
 
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     scores, maps, masks, rois, labels, kinds, paths = [], [], [], [], [], [], []
     dev = torch.device(device)
+    bar = Progress(len(dataset), progress or "", enabled=progress is not None)
     for batch in loader:
         x = batch["image"].to(dev)
         with autocast_context(dev, precision):
@@ -89,6 +93,8 @@ def predict_dataset(
         labels.append(np.asarray(batch["label"]))
         kinds.extend(batch["kind"])
         paths.extend(batch["path"])
+        bar.update(int(x.shape[0]))
+    bar.close()
     return Predictions(np.concatenate(scores), np.concatenate(maps).astype(np.float32), np.concatenate(masks),
                        np.concatenate(rois), np.concatenate(labels).astype(int), kinds, paths)
 
@@ -388,10 +394,12 @@ def evaluate_model(
     calib_ds, test_ds, how = calibration_and_test(data_root, image_size)
     kw: dict[str, Any] = {"batch_size": batch_size, "device": device, "precision": precision,
                           "fixed_mask": fixed_mask}
-    preds = {"calibration": predict_dataset(model, calib_ds, **kw), "test": predict_dataset(model, test_ds, **kw)}
+    preds = {"calibration": predict_dataset(model, calib_ds, progress=f"eval {how}", **kw),
+             "test": predict_dataset(model, test_ds, progress="eval test", **kw)}
     if "test_unseen" in list_splits(data_root):
         preds["test_unseen"] = predict_dataset(model, InspectionDataset(list_records(data_root, "test_unseen"),
-                                                                        image_size), **kw)
+                                                                        image_size), progress="eval test_unseen",
+                                               **kw)
     metrics = compute_metrics(preds["test"], preds["calibration"], unseen=preds.get("test_unseen"))
     metrics["calibration_split"] = how
     metrics["fixed_mask"] = fixed_mask is not None

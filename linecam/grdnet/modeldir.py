@@ -76,8 +76,30 @@ def _check_name(name: str) -> None:
         raise ModelDirError(f"invalid model directory file name {name!r}")
 
 
+def published_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``published`` record of the card in ``path`` (when, from where, by whom), or None when the folder is
+    not a published registry version (or has no readable card)."""
+    try:
+        raw = json.loads((Path(path) / CARD_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict) or raw.get("published") is None:
+        return None
+    record = raw["published"]
+    return record if isinstance(record, dict) else {"value": record}
+
+
 def write_card(path: str | os.PathLike[str], card: ModelCard) -> None:
-    """Write ``card.json`` (pretty JSON, stable key order)."""
+    """Write ``card.json`` (pretty JSON, stable key order).
+
+    Refuses to rewrite the card of a published registry version, whatever the file permissions say (root
+    ignores them): the line reads its threshold from there, and a published version must stay the bytes that
+    were checked and promoted. Calibrate or evaluate a working copy and publish it as a new version instead.
+    """
+    if published_record(path) is not None:
+        raise ModelDirError(f"{Path(path) / CARD_FILE}: {Path(path)} is a published model version and is never "
+                            "rewritten; write into a working copy of the model directory and publish it as a "
+                            "new version")
     text = json.dumps(card.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
     _atomic_write(Path(path) / CARD_FILE, text.encode())
 

@@ -67,6 +67,7 @@ from linecam.grdnet.model import GeneratorOutput, GRDNet, build_discriminator, b
 from linecam.grdnet.modeldir import ModelDirError, load_model_dir
 from linecam.grdnet.perlin import FILL_MODES, AnomalySimulator
 from linecam.grdnet.profiles import ModelProfile, get_profile
+from linecam.progress import Progress
 
 RoiVariantName = Literal["overlap", "intersection", "intersection_overlap", "negated_overlap", "learned_silence"]
 CHECKPOINT_LAST = "checkpoint_last.pt"
@@ -161,9 +162,13 @@ class TrainConfig(pydantic.BaseModel, extra="forbid"):
         return get_profile(self.profile, **self.profile_overrides)
 
     def resolved_precision(self) -> str:
-        if self.precision != "auto":
-            return self.precision
-        return "fp16" if self.device == "cuda" else "bf16"
+        """``auto``: fp16 on CUDA, bf16 on a CPU with bf16 instructions, else fp32 (never emulated bf16)."""
+        from linecam.hardware import resolve_precision
+
+        try:
+            return resolve_precision(self.precision, self.device)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------- distributed
@@ -672,6 +677,11 @@ class Trainer:
             record["lr"] = self.opt_g.param_groups[0]["lr"]
             self._step_schedulers(record["val_loss"])
             self.history.append(record)
+            if bar is not None:  # the epoch's outcome, after validation (which the step count does not cover)
+                picked = f", val_auroc {record['val_auroc']:.4f}" if "val_auroc" in record else ""
+                print(f"train epoch {epoch + 1}/{cfg.epochs}: val_loss {record['val_loss']:.4f}{picked}, "
+                      f"{record['images_per_s']:.1f} images/s, {time.perf_counter() - t0:.0f} s", file=sys.stderr,
+                      flush=True)
             value = self.selection_value(record)
             improved = value < self.best_val
             if improved:
@@ -682,12 +692,11 @@ class Trainer:
                 self._write_history(plot=(epoch + 1) % PLOT_EVERY == 0 or epoch + 1 == cfg.epochs)
         return record
 
-    def _progress(self, total: int, epoch: int) -> Any:
+    def _progress(self, total: int, epoch: int) -> Progress | None:
+        """A bar on a terminal, a line every few seconds in a log (``linecam.progress``); rank 0 only."""
         if not (self.cfg.progress and self.info.is_main):
             return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", file=sys.stderr, leave=True)
+        return Progress(total, f"train epoch {epoch + 1}/{self.cfg.epochs}", unit="steps")
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def state(self, epoch: int) -> dict[str, Any]:

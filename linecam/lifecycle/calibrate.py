@@ -105,7 +105,8 @@ def score_split(model_dir: Path, data: Path, split: str = CALIBRATION_SPLIT,
         records = list_records(data, split)
     except DatasetError as exc:
         raise CalibrationError(str(exc)) from None
-    preds = predict_dataset(model, InspectionDataset(records, card.profile.image_size), batch_size=batch_size)
+    preds = predict_dataset(model, InspectionDataset(records, card.profile.image_size), batch_size=batch_size,
+                            progress=f"calibrate: scoring {split}")
     if not np.all(np.isfinite(preds.scores)):
         bad = [p for p, s in zip(preds.paths, preds.scores, strict=True) if not math.isfinite(float(s))]
         raise CalibrationError(f"non-finite scores for {bad[:3]}")
@@ -137,10 +138,11 @@ def plot_scores(path: Path, labels: np.ndarray, scores: np.ndarray, threshold: f
 
 
 def write_regions_threshold(folder: Path, threshold: float, model_name: str, version: str,
-                            region: str | None) -> Path:
+                            region: str | None) -> dict[str, float | None]:
     """Record the threshold of model ``version`` for the region(s) inspected by ``model_name`` (or the region
     named ``region``) under ``thresholds`` in ``folder/regions.yaml``; create a one-region full-frame file
-    when there is none.
+    when there is none. Returns, per region written, the threshold it had for that version before (None: none),
+    so the caller can say what changed.
 
     Why per version: a retrained model scores on its own scale, so a threshold calibrated for version 1 must
     not silently stay in force after a hot swap to version 2; the worker picks the entry of the version it
@@ -149,9 +151,11 @@ def write_regions_threshold(folder: Path, threshold: float, model_name: str, ver
     from linecam.runtime.regions import REGIONS_FILE, load_regions
 
     path = folder / REGIONS_FILE
+    previous: dict[str, float | None] = {}
     if not path.is_file():
         doc: dict[str, Any] = {"regions": [{"name": region or "product", "box": None, "model": model_name,
                                             "threshold": None, "thresholds": {version: threshold}}]}
+        previous[region or "product"] = None
     else:
         load_regions(folder)  # validates, names the file on error
         doc = yaml.safe_load(path.read_text())
@@ -160,31 +164,60 @@ def write_regions_threshold(folder: Path, threshold: float, model_name: str, ver
             which = f"named {region!r}" if region else f"using model {model_name!r}"
             raise CalibrationError(f"{path}: no region {which}")
         for r in hits:
+            previous[r["name"]] = (r.get("thresholds") or {}).get(version)
             r["thresholds"] = {**(r.get("thresholds") or {}), version: threshold}
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
     tmp.replace(path)
-    return path
+    return previous
 
 
-def calibrate_threshold(model_dir: Path, data: Path, out: Path, target_frr: float | None = None,
+def write_card_threshold(model_dir: Path, threshold: float) -> float | None:
+    """Write ``threshold`` into the model card (the threshold the line uses where regions.yaml names none);
+    returns the card's previous threshold. Refused for a published version (see ``modeldir.write_card``)."""
+    from linecam.grdnet.modeldir import ModelDirError, read_card, write_card
+
+    card = read_card(model_dir)
+    try:
+        write_card(model_dir, card.model_copy(update={"threshold": float(threshold)}))
+    except ModelDirError as exc:
+        raise CalibrationError(str(exc)) from None
+    return card.threshold
+
+
+def calibrate_threshold(model_dir: Path, data: Path, out: Path | None, target_frr: float | None = None,
                         target_escape: float | None = None, model_name: str | None = None,
-                        region: str | None = None, batch_size: int = 8) -> dict[str, Any]:
-    """Score the calibration split, choose the threshold, write threshold.json, scores.png, regions.yaml."""
+                        region: str | None = None, batch_size: int = 8, card: bool = False) -> dict[str, Any]:
+    """Score the calibration split and choose the threshold; write threshold.json, scores.png and regions.yaml
+    into ``out`` (a camera's calibration folder) and, with ``card``, the threshold into the model card.
+
+    The record returned says what each write replaced: ``previous`` (region -> the version's former threshold
+    in regions.yaml) and ``card_previous`` (the card's former threshold).
+    """
     if (target_frr is None) == (target_escape is None):
         raise CalibrationError("give exactly one of --target-frr or --target-escape")
-    labels, scores, kinds, card = score_split(Path(model_dir), Path(data), batch_size=batch_size)
+    if out is None and not card:
+        raise CalibrationError("nothing to write: give --out (a camera's calibration folder) and/or --card")
+    if card:
+        from linecam.grdnet.modeldir import published_record
+
+        if published_record(model_dir) is not None:
+            raise CalibrationError(f"{model_dir} is a published model version: its card is never rewritten; "
+                                   "calibrate a working copy with --card and publish it as a new version, or "
+                                   "write the camera's threshold with --out")
+    labels, scores, kinds, model_card = score_split(Path(model_dir), Path(data), batch_size=batch_size)
     if target_frr is not None:
         threshold, target = threshold_for_frr(labels, scores, target_frr), {"false_reject_rate": target_frr}
     else:
         assert target_escape is not None
         threshold, target = threshold_for_escape(labels, scores, target_escape), {"escape_rate": target_escape}
     conf = confusion(labels, scores, threshold)
-    name = model_name or card.name
+    name = model_name or model_card.name
     record = {
         "threshold": threshold, "rule": "reject when score > threshold", "target": target,
-        "model": {"name": card.name, "version": card.version, "path": str(Path(model_dir).resolve())},
+        "model": {"name": model_card.name, "version": model_card.version,
+                  "path": str(Path(model_dir).resolve())},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "data": {"path": str(Path(data).resolve()), "split": CALIBRATION_SPLIT, "n": int(labels.size),
                  "n_good": int((labels == 0).sum()), "n_defect": int((labels == 1).sum()),
@@ -192,12 +225,15 @@ def calibrate_threshold(model_dir: Path, data: Path, out: Path, target_frr: floa
         "scores": {"good_max": _stat(scores[labels == 0], np.max), "defect_min": _stat(scores[labels == 1], np.min)},
         "confusion": conf.as_dict(), "region_model": name, "region": region,
     }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / THRESHOLD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    plot_scores(out / SCORES_PLOT, labels, scores, threshold,
-                f"{card.name}/{card.version} on {Path(data).name}/{CALIBRATION_SPLIT}")
-    write_regions_threshold(out, threshold, name, str(card.version), region)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / THRESHOLD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        plot_scores(out / SCORES_PLOT, labels, scores, threshold,
+                    f"{model_card.name}/{model_card.version} on {Path(data).name}/{CALIBRATION_SPLIT}")
+        record["previous"] = write_regions_threshold(out, threshold, name, str(model_card.version), region)
+    if card:
+        record["card_previous"] = write_card_threshold(Path(model_dir), threshold)
     return record
 
 

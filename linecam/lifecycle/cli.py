@@ -59,7 +59,12 @@ def register(subparsers: Any) -> None:
     g = t.add_mutually_exclusive_group(required=True)
     g.add_argument("--target-frr", type=float, help="false-reject rate on good images, e.g. 0.01")
     g.add_argument("--target-escape", type=float, help="escape rate on defective images, e.g. 0.0")
-    t.add_argument("--out", required=True, type=Path, help="calibration/<station>/<camera>")
+    t.add_argument("--out", type=Path, default=None,
+                   help="calibration/<station>/<camera>: threshold.json, scores.png and the version's threshold in "
+                        "regions.yaml")
+    t.add_argument("--card", action="store_true",
+                   help="also write the threshold into the model's card.json (never into a published version); "
+                        "the line uses it where regions.yaml names none")
     t.add_argument("--model-name", default=None, help="model name regions.yaml refers to (default: card name)")
     t.add_argument("--region", default=None, help="only this region of regions.yaml")
     t.add_argument("--batch-size", type=int, default=8)
@@ -187,14 +192,24 @@ def cmd_threshold(args: argparse.Namespace) -> int:
     try:
         rec = calibrate_threshold(args.model, args.data, args.out, target_frr=args.target_frr,
                                   target_escape=args.target_escape, model_name=args.model_name, region=args.region,
-                                  batch_size=args.batch_size)
+                                  batch_size=args.batch_size, card=args.card)
     except _errors() as exc:
         return _err(exc)
     c = rec["confusion"]
-    print(f"threshold {rec['threshold']:.6g} for {rec['model']['name']}/{rec['model']['version']} on "
-          f"{rec['data']['n']} val images: false-reject rate {c['false_reject_rate']}, escape rate "
-          f"{c['escape_rate']}; wrote {args.out}")
+    version = f"{rec['model']['name']}/{rec['model']['version']}"
+    print(f"threshold {rec['threshold']:.6g} for {version} on {rec['data']['n']} val images: false-reject rate "
+          f"{c['false_reject_rate']}, escape rate {c['escape_rate']}")
+    for region, old in rec.get("previous", {}).items():
+        print(f"{args.out / 'regions.yaml'}: region {region}, version {rec['model']['version']}: threshold "
+              f"{_threshold_text(old)} -> {rec['threshold']:.6g}")
+    if "card_previous" in rec:
+        print(f"{args.model / 'card.json'}: threshold {_threshold_text(rec['card_previous'])} -> "
+              f"{rec['threshold']:.6g}")
     return 0
+
+
+def _threshold_text(value: float | None) -> str:
+    return "none" if value is None else f"{value:.6g}"
 
 
 def cmd_roi(args: argparse.Namespace) -> int:

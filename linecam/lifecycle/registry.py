@@ -322,7 +322,14 @@ def publish(
     """
     import cv2
 
-    from linecam.grdnet.modeldir import CARD_FILE, ModelDirError, file_sha256, verify_model_dir, write_card
+    from linecam.grdnet.modeldir import (
+        CARD_FILE,
+        ModelCard,
+        ModelDirError,
+        file_sha256,
+        verify_model_dir,
+        write_card,
+    )
 
     src = Path(model_dir)
     check_version_name(name)
@@ -352,7 +359,9 @@ def publish(
             if not cv2.imwrite(str(stage / rel), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
                 raise RegistryError(f"{stage / rel}: cannot write golden image")
             entries.append({"file": rel, "sha256": file_sha256(stage / rel)})
-        staged_card = card.model_copy(update={"name": name, "version": version})
+        # A re-published version starts without its source's publish record and golden set (both are new here).
+        fields = {k: v for k, v in card.model_dump().items() if k not in ("published", "golden")}
+        staged_card = ModelCard.model_validate({**fields, "name": name, "version": version})
         write_card(stage, staged_card)
         if "model.onnx" not in card.files:
             from linecam.backends.export import export_model_dir

@@ -14,6 +14,7 @@ EXIT_BAD_INPUT = 2
 
 def _run(args: argparse.Namespace, which: str) -> int:
     from linecam.config import ConfigError, load_config
+    from linecam.runtime.metrics import PortInUseError
     from linecam.runtime.regions import RegionError
     from linecam.runtime.transport import TransportError
 
@@ -26,7 +27,7 @@ def _run(args: argparse.Namespace, which: str) -> int:
         from linecam.runtime.gate import main as gate_main
 
         return gate_main(config)
-    except (ConfigError, RegionError, TransportError) as exc:
+    except (ConfigError, RegionError, TransportError, PortInUseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -27,27 +27,30 @@ def _load(path: str) -> Any:
 def _acquire(args: argparse.Namespace) -> int:
     from linecam.config import ConfigError
     from linecam.runtime.acquire import main
+    from linecam.runtime.metrics import PortInUseError
 
     config = _load(args.config)
     if config is None:
         return 2
     try:
         config.camera(args.camera)
-    except ConfigError as exc:
+        return main(config, args.camera, Path(args.stats) if args.stats else None)
+    except (ConfigError, PortInUseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return main(config, args.camera, Path(args.stats) if args.stats else None)
 
 
 def _run(args: argparse.Namespace) -> int:
     from linecam.config import ConfigError
+    from linecam.runtime.metrics import PortInUseError
     from linecam.runtime.supervisor import main
 
     try:
         return main(args.config, args.duration, args.rejects, keep_runtime=args.keep_runtime,
                     watchdog_s=args.watchdog, grace_s=args.grace, summary_path=args.summary)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, PortInUseError) as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
         return 2
 
 

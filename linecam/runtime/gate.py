@@ -233,7 +233,9 @@ class GateService:
         self.audit_path: Path = cfg.audit_log_path()
         self.metrics = metrics or LineMetrics(deadline_s=cfg.gate.deadline_ms / 1000.0)
         port = cfg.gate.metrics_port if metrics_port is None else metrics_port
-        self.metrics_port = start_metrics_server(self.metrics, port) if port >= 0 else -1
+        self.metrics_port = start_metrics_server(
+            self.metrics, port, process="gate", key="gate.metrics_port", source=str(cfg.source_path or "the config")
+        ) if port >= 0 else -1
         self.plc = plc if plc is not None else create_plc_link(cfg.gate.plc, self.metrics)
         self.audit = AuditLog(self.audit_path)
         names = [c.name for c in cfg.cameras]

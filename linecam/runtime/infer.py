@@ -34,6 +34,7 @@ from linecam.config import ConfigError, LineConfig
 from linecam.lifecycle.archive import ArchiveError, ArchiveWriter
 from linecam.lifecycle.hotswap import ModelWatcher, WatcherThread, swap_counter
 from linecam.runtime import sdnotify
+from linecam.runtime.capacity import Capacity, write_capacity
 from linecam.runtime.messages import (
     BadFrame,
     FrameHeader,
@@ -191,6 +192,8 @@ class InferWorker:
         #: detector time per region crop (ns, moving average of the live batches; None until the first one).
         #: Frames that would finish after their deadline are shed before inference (see ``_shed``).
         self.crop_cost_ns: float | None = None
+        #: throughput measured after the warm-up (None without one); ``run`` hands it to the supervisor.
+        self.capacity: Capacity | None = None
         self.rejects: RejectWriter | None = None
         self.archive: ArchiveWriter | None = None
         #: maps are fetched from the detector only when a writer will use them (decided before the warm-up,
@@ -203,7 +206,9 @@ class InferWorker:
         self.model_version = ",".join(versions)
         self.metrics.set_model(self.model_version, ",".join(backends))
         port = cfg.infer.metrics_port if metrics_port is None else metrics_port
-        self.metrics_port = start_metrics_server(self.metrics, port) if port >= 0 else -1
+        self.metrics_port = start_metrics_server(
+            self.metrics, port, process="infer", key="infer.metrics_port", source=str(cfg.source_path or "the config")
+        ) if port >= 0 else -1
         if cfg.infer.reject_dir is not None and cfg.infer.save_rejects:
             self.rejects = RejectWriter(cfg.infer.reject_dir, cfg.infer.reject_queue, self.metrics)
         if cfg.archive is not None:
@@ -283,9 +288,29 @@ class InferWorker:
                         log.warning("warm-up batch of %d failed: %s", n, failed[0])
                         return
             log.info("warm-up done in %.1f s (batch sizes %s)", time.monotonic() - t0, sizes)
+            self.capacity = self._measure_capacity(frames, max_batch)
+            log.info("throughput: %s", self.capacity.describe())
         finally:
             self.metrics = live_metrics
             self.crop_cost_ns = None  # compile time is not the cost of a live batch
+
+    def _measure_capacity(self, frames: Sequence[Any], batch_size: int, repeats: int = 5) -> Capacity:
+        """Frames per second at full batches of the cameras' frames, compiled and warm (see runtime.capacity).
+
+        The median of ``repeats`` timed batches after one untimed one: jit backends still specialise on the
+        first calls after the warm-up, and one slow outlier must not slow the demo for the whole run."""
+        batch = [(frames[i % len(frames)], now_ns()) for i in range(batch_size)]
+        self.process_batch(batch)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter_ns()
+            self.process_batch(batch)
+            times.append(time.perf_counter_ns() - t0)
+        per_frame_ns = max(1.0, float(np.median(times)) / batch_size)
+        backends = ", ".join(sorted({f"{d.backend} {getattr(d, 'precision', '')}".strip()
+                                     for d in self.detectors.values()}))
+        return Capacity(frames_per_s=1e9 / per_frame_ns, ms_per_frame=per_frame_ns / 1e6, batch=batch_size,
+                        backends=backends)
 
     # -- the core --------------------------------------------------------------------------------------
     def _decode(self, parts: Sequence[Any], received_ns: int) -> _Item:
@@ -615,6 +640,11 @@ class InferWorker:
             raise RuntimeError("worker was created with bind=False; it has no sockets to serve")
         poller = zmq.Poller()
         poller.register(self.frames_sock, zmq.POLLIN)
+        if self.capacity is not None:
+            try:
+                write_capacity(self.cfg.runtime_path(), self.capacity)
+            except (OSError, ConfigError) as exc:
+                log.warning("cannot write the measured throughput: %s", exc)
         sdnotify.ready(f"infer on {self.frames_endpoint}, models {self.model_version}")
         self._watcher_thread.start()
         try:

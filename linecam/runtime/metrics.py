@@ -9,6 +9,7 @@ port with :func:`start_metrics_server`. No metric carries a per-product label.
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,9 +103,29 @@ class LineMetrics:
         self.model_info.info({"version": version, "backend": backend})
 
 
-def start_metrics_server(metrics: LineMetrics, port: int, addr: str = "0.0.0.0") -> int:
-    """Serve ``/metrics`` over HTTP from a daemon thread; returns the bound port (``port=0`` picks a free one)."""
-    server, _thread = start_http_server(port, addr=addr, registry=metrics.registry)
+class PortInUseError(ValueError):
+    """A listening port cannot be bound; the message names the port, the config key and what to do."""
+
+
+def port_in_use_message(process: str, port: int, key: str, source: str, why: str = "is already in use") -> str:
+    """One line for a port that cannot be bound: which process, which port, the key that sets it, the remedy."""
+    return (f"{process}: metrics port {port} {why} (set by {key} in {source}); stop the process holding it, e.g. "
+            f"another line on this machine (`ss -ltnp 'sport = :{port}'` names it), or set {key} to a free port "
+            "(0 picks one)")
+
+
+def start_metrics_server(metrics: LineMetrics, port: int, addr: str = "0.0.0.0", *, process: str = "linecam",
+                         key: str = "metrics port", source: str = "the config") -> int:
+    """Serve ``/metrics`` over HTTP from a daemon thread; returns the bound port (``port=0`` picks a free one).
+
+    A port that cannot be bound raises :class:`PortInUseError` naming ``process``, the port and the config
+    ``key`` that sets it, instead of a socket traceback.
+    """
+    try:
+        server, _thread = start_http_server(port, addr=addr, registry=metrics.registry)
+    except OSError as exc:
+        why = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+        raise PortInUseError(port_in_use_message(process, port, key, source, why)) from None
     metrics._servers.append(server)
     bound = int(server.server_port)
     log.info("metrics on http://%s:%d/metrics", addr, bound)

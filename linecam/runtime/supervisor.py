@@ -32,6 +32,9 @@ from typing import IO, Any, TextIO
 import yaml
 
 from linecam.config import RUNTIME_DIR_ENV, LineConfig, load_config
+from linecam.runtime.capacity import plan_rate, read_capacity
+from linecam.runtime.metrics import PortInUseError
+from linecam.runtime.ports import busy_port_messages
 from linecam.runtime.status import AuditTail, LineStatus
 
 log = logging.getLogger(__name__)
@@ -187,6 +190,7 @@ class Supervisor:
         infer = self._child("infer", "infer", "--config", cfg)
         self._start(infer)
         self._wait_ready([infer])
+        self._fit_camera_rate()
         acquires = [self._child(f"acquire@{cam.name}", "acquire", "--config", cfg, "--camera", cam.name,
                                 "--stats", str(self._stats_path(cam.name))) for cam in self.config.cameras]
         for child in acquires:
@@ -194,6 +198,19 @@ class Supervisor:
         self._wait_ready(acquires)
         self._say(f"line {self.config.line.name} running: {len(acquires)} camera(s), audit log "
                   f"{self.config.audit_log_path()}")
+
+    def _fit_camera_rate(self) -> None:
+        """Before the cameras start: fit synthetic cameras to the worker's measured throughput, or say once that
+        this CPU cannot judge the configured rate in time (see :mod:`linecam.runtime.capacity`)."""
+        capacity = read_capacity(self.rundir)
+        if capacity is None:
+            return
+        plan = plan_rate(self.config, capacity)
+        if plan.fitted:
+            self.config = plan.config
+            self.config_path.write_text(yaml.safe_dump(config_document(plan.config), sort_keys=False))
+        if plan.message:
+            self._say(plan.message)
 
     def _stats_path(self, camera: str) -> Path:
         return self.rundir / f"acquire-{camera}.json"
@@ -332,6 +349,9 @@ def main(config_path: str | Path, duration_s: float | None = None, rejects_dir: 
          summary_path: str | Path | None = None) -> int:
     """``linecam run``: returns 0 on a clean run, 1 when a child failed or a product lacked its verdict."""
     config = load_config(config_path)
+    busy = busy_port_messages(config)
+    if busy:  # before any child starts: one line per port, naming its config key
+        raise PortInUseError("\n".join(busy))
     temp_rundir = config.runtime_dir is None
     rundir = Path(tempfile.mkdtemp(prefix="linecam-")) if temp_rundir else Path(config.runtime_dir or "")
     rundir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ def _synth(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         res = write_dataset(
             args.out, seed=args.seed, size=args.size, counts=counts, area=args.area, workers=args.workers,
-            specs=specs, overwrite=args.overwrite,
+            specs=specs, overwrite=args.overwrite, progress=True,
         )
     except (ValueError, FileExistsError, OSError, RuntimeError) as exc:
         print(f"linecam synth: {exc}", file=sys.stderr)

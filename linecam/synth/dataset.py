@@ -19,6 +19,7 @@ from typing import Any
 import cv2
 
 from linecam import __version__
+from linecam.progress import Progress
 from linecam.synth.defects import SEEN_KINDS, UNSEEN_KINDS, DefectSpec, resolve_specs
 from linecam.synth.render import GOOD, OUTSIDE_ROI, RenderConfig, derive_rng, render_sample
 
@@ -172,10 +173,12 @@ def write_dataset(
     workers: int = 1,
     specs: Mapping[str, DefectSpec] | None = None,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> WriteResult:
     """Render and write a full dataset; returns the manifest written to ``dataset.json``.
 
     Refuses to write into a non-empty folder unless ``overwrite`` (a half-replaced dataset would mix seeds).
+    ``progress`` reports the images written (``linecam.progress``), as the CLI does.
     """
     root = Path(out)
     if root.exists() and any(root.iterdir()):
@@ -199,13 +202,20 @@ def write_dataset(
             jobs.extend(_Job(str(root), seed, split, kind, i, config) for i in range(n))
     if workers < 1:
         raise ValueError(f"workers: must be >= 1, got {workers}")
+    bar = Progress(len(jobs), f"synth {root}", enabled=progress)
+    labels: list[dict[str, Any]] = []
     if workers == 1 or len(jobs) < 2:
-        labels = [_render_job(j) for j in jobs]
+        for job in jobs:
+            labels.append(_render_job(job))
+            bar.update()
     else:
         # fork: workers inherit the imported modules and never re-run the caller's __main__ (spawn would).
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with ctx.Pool(processes=min(workers, os.cpu_count() or 1, len(jobs))) as pool:
-            labels = pool.map(_render_job, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
+            for label in pool.imap(_render_job, jobs, chunksize=max(1, len(jobs) // (workers * 8))):
+                labels.append(label)  # imap keeps the jobs' order, as map did
+                bar.update()
+    bar.close()
     with (root / "labels.jsonl").open("w", encoding="utf-8") as fh:
         for rec in labels:
             fh.write(json.dumps(rec, sort_keys=True) + "\n")

@@ -51,12 +51,32 @@ def test_cpu_backends_pass_the_check_and_every_row_is_written(
     rc = parity.main(["--model", str(exported_model_dir), "--data", str(dataset), "--check", "--out", str(out)])
     report = json.loads(out.read_text())
     assert rc == 0, report["failures"]
-    assert [r["variant"] for r in report["rows"]] == [v.title for v in parity.CPU_VARIANTS]
+    # The CPU decides which variants apply: bf16 only where it is native; the others are listed with a reason.
+    here = [v for v in parity.CPU_VARIANTS if v.unavailable_here() is None]
+    assert [r["variant"] for r in report["rows"]] == [v.title for v in here]
+    assert [s["variant"] for s in report["skipped"]] == [v.title for v in parity.CPU_VARIANTS if v not in here]
+    assert report["cpu"]["model"] and report["cpu"]["native_bf16"] == (len(here) == len(parity.CPU_VARIANTS))
     ref = report["rows"][0]
     assert ref["max_abs_diff"] == 0.0 and ref["auroc"] > 0.9  # the fixture model ranks the blobs
     for row in report["rows"]:
         assert row["max_abs_diff"] <= row["tolerance"]
         assert abs(row["auroc"] - ref["auroc"]) <= parity.AUROC_BAR
+
+
+def test_on_an_avx2_cpu_the_bf16_variants_are_skipped_with_their_reason_not_failed(
+    parity: ModuleType, exported_model_dir: Path, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an AVX2-only EPYC sees (rehearsed here by capping the CPU flags linecam decides from)."""
+    monkeypatch.setenv("LINECAM_CPU_ISA", "avx2")
+    out = tmp_path / "parity.json"
+    rc = parity.main(["--model", str(exported_model_dir), "--data", str(dataset), "--check", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert rc == 0 and report["failures"] == []
+    bf16 = [v.title for v in parity.CPU_VARIANTS if v.precision == "bf16"]
+    assert bf16 and [s["variant"] for s in report["skipped"]] == bf16
+    assert all("bf16" in s["reason"] for s in report["skipped"])
+    assert [r["variant"] for r in report["rows"]] == [v.title for v in parity.CPU_VARIANTS if v.title not in bf16]
+    assert report["cpu"]["native_bf16"] is False and "avx512f" not in report["cpu"]["flags"]
 
 
 def test_a_required_gpu_backend_that_cannot_run_fails_the_check(

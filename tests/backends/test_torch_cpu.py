@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from linecam.backends import Detection, Detector, create_detector
 from linecam.backends.torch_cpu import cpu_supports_bf16
+from linecam.hardware import why_no_bf16
 
 from .conftest import TEST_SIZE, blob_images, labelled_set, noise_images, reference_scores
 
@@ -25,12 +26,12 @@ VARIANTS = [
     pytest.param(
         {"precision": "bf16", "mode": "eager"},
         2e-2,
-        marks=pytest.mark.skipif(not cpu_supports_bf16(), reason="no oneDNN bf16 on this CPU"),
+        marks=pytest.mark.skipif(not cpu_supports_bf16(), reason=f"not available here: {why_no_bf16()}"),
     ),
     pytest.param(
         {"precision": "bf16", "mode": "jit"},
         2e-2,
-        marks=pytest.mark.skipif(not cpu_supports_bf16(), reason="no oneDNN bf16 on this CPU"),
+        marks=pytest.mark.skipif(not cpu_supports_bf16(), reason=f"not available here: {why_no_bf16()}"),
     ),
 ]
 
@@ -120,11 +121,26 @@ def test_bad_frames_raise_value_error(detector: Detector, bad: np.ndarray) -> No
 def test_bad_options_are_refused(model_dir: Path) -> None:
     with pytest.raises(ValueError, match="precision"):
         create_detector(model_dir, "torch-cpu", precision="int4")
+
+
+def test_without_bf16_instructions_auto_runs_fp32_and_explicit_bf16_says_why(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an AVX2-only CPU (rehearsed by capping the flags linecam decides from) bf16 would be emulated, several
+    times slower than fp32: ``auto`` must not pick it, and asking for it is an error naming the reason."""
+    monkeypatch.setenv("LINECAM_CPU_ISA", "avx2")
+    det = create_detector(model_dir, "torch-cpu", threads=1, precision="auto", mode="eager")
+    try:
+        assert det.precision == "fp32"  # type: ignore[attr-defined]
+    finally:
+        det.close()
+    with pytest.raises(ValueError, match="no bf16 instructions"):
+        create_detector(model_dir, "torch-cpu", precision="bf16")
     with pytest.raises(ValueError, match="mode"):
         create_detector(model_dir, "torch-cpu", mode="magic")
 
 
-@pytest.mark.skipif(not cpu_supports_bf16(), reason="no oneDNN bf16 on this CPU")
+@pytest.mark.skipif(not cpu_supports_bf16(), reason=f"not available here: {why_no_bf16()}")
 def test_bf16_is_autocast_over_fp32_weights_in_eager_and_traced_graphs(model_dir: Path) -> None:
     """bf16 keeps fp32 weights and BatchNorm statistics and runs the convolutions under autocast, in eager and in
     the traced graph. The traced graph without conv+BN folding must be the eager autocast computation (same

@@ -96,10 +96,17 @@ def test_cli_train_eval_predict(dataset: Path, tmp_path: Path, capsys: pytest.Ca
     assert training["lr_schedule"] == "cosine" and training["unet_prior"] == 0.01
     assert read_card(model_dir).profile.gen_widths == (16, 32)
     metrics_json = tmp_path / "metrics.json"
+    card_before = (model_dir / "card.json").read_bytes()
     rc = cmd_eval(parser.parse_args(["eval", "--model", str(model_dir), "--data", str(dataset), "--json",
                                      str(metrics_json), "--report", str(tmp_path / "report"), "--precision", "fp32"]))
     assert rc == 0
+    assert (model_dir / "card.json").read_bytes() == card_before  # evaluation is read-only by default
+    assert "card.json unchanged (threshold none)" in capsys.readouterr().out
+    rc = cmd_eval(parser.parse_args(["eval", "--model", str(model_dir), "--data", str(dataset), "--json",
+                                     str(metrics_json), "--precision", "fp32", "--store"]))
+    assert rc == 0
     m = json.loads(metrics_json.read_text())
+    assert f"threshold none -> {m['threshold']:.5f}" in capsys.readouterr().out  # says what it changed
     for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "outside_roi_false_reject_rate"):
         assert 0.0 <= m[k] <= 1.0, k
     assert m["n_test"] == 9 and m["n_outside_roi"] == 3 and m["calibration_split"] == "val"

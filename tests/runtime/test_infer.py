@@ -344,8 +344,10 @@ def test_warm_up_runs_full_batches_before_serving_without_counting_them(make_con
     cfg = cfg.model_copy(update={"infer": cfg.infer.model_copy(update={"warmup": True})})
     det = rt.BrightnessDetector()
     worker = InferWorker(cfg, detectors={"demo": det}, metrics_port=-1, bind=False)
-    # every batch size 1..max_batch=4 (jit backends specialise per shape), 2 regions per frame, twice each
-    assert det.calls == [2, 2, 4, 4, 6, 6, 8, 8]
+    # every batch size 1..max_batch=4 (jit backends specialise per shape), 2 regions per frame, twice each,
+    # then six full batches (one untimed, five timed) for the throughput the supervisor fits the demo's rate to
+    assert det.calls == [2, 2, 4, 4, 6, 6, 8, 8] + [8] * 6
+    assert worker.capacity is not None and worker.capacity.batch == 4 and worker.capacity.frames_per_s > 0
     assert worker.metrics.frames.labels(camera="cam1")._value.get() == 0
     worker.close()
 

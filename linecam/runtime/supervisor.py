@@ -32,7 +32,7 @@ from typing import IO, Any, TextIO
 import yaml
 
 from linecam.config import RUNTIME_DIR_ENV, LineConfig, load_config
-from linecam.runtime.capacity import plan_rate, read_capacity
+from linecam.runtime.capacity import camera_fps, plan_rate, read_capacity
 from linecam.runtime.metrics import PortInUseError
 from linecam.runtime.ports import busy_port_messages
 from linecam.runtime.status import AuditTail, LineStatus
@@ -317,6 +317,7 @@ class Supervisor:
             except (FileNotFoundError, ValueError, KeyError):
                 announced[cam.name] = None
         summary["announced"] = announced
+        summary["camera_fps"] = {cam.name: camera_fps(self.config, cam.name) for cam in self.config.cameras}
         summary["children"] = {c.name: {"pid": c.pid, "exit_code": c.returncode(), "killed": c.killed}
                                for c in self.children}
         for name, n in announced.items():

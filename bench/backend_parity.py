@@ -32,8 +32,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from linecam.backends import create_detector
+from linecam.dataset import load_index
 from linecam.hardware import cpu_summary, why_no_bf16
-from linecam.synth.layout import load_index
 
 AUROC_BAR = 0.005
 #: Largest score difference to the fp32 reference accepted per precision. fp32 backends differ only by

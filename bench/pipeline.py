@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transport import memcpy_rate, zmq_rate  # noqa: E402  (bench/transport.py, a sibling script)
 
 from linecam.config import LineConfig, TransportConfig, load_config  # noqa: E402
+from linecam.config.sources import SyntheticSourceConfig  # noqa: E402
 from linecam.hardware import cpu_summary  # noqa: E402
-from linecam.runtime.sources.config import SyntheticSourceConfig  # noqa: E402
 from linecam.runtime.supervisor import config_document  # noqa: E402
 
 

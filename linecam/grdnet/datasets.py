@@ -24,15 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from linecam.dataset import GOOD_KINDS, IMAGE_SUFFIXES, DatasetError, load_index
+
 Layout = Literal["mvtec", "linecam"]
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-GOOD_KINDS = ("good", "outside_roi")
-"""Kinds whose line label is GOOD: ``outside_roi`` images carry defects only outside the ROI."""
-
-
-class DatasetError(ValueError):
-    """A dataset file or index entry is missing, unreadable or inconsistent."""
-
 
 @dataclass(frozen=True)
 class SampleRecord:
@@ -90,13 +84,8 @@ def _mvtec_records(root: Path, split: str, require_roi: bool) -> list[SampleReco
 
 
 def _linecam_index(root: Path) -> list[Any]:
-    """The synth writer's index (``linecam.synth.layout.load_index``), its errors re-raised as DatasetError."""
-    from linecam.synth import layout
-
-    try:
-        return layout.load_index(root)
-    except layout.DatasetError as exc:
-        raise DatasetError(str(exc)) from exc
+    """The dataset's index (``linecam.dataset.load_index``)."""
+    return load_index(root)
 
 
 def _linecam_records(root: Path, split: str, require_roi: bool) -> list[SampleRecord]:

@@ -148,7 +148,7 @@ def write_regions_threshold(folder: Path, threshold: float, model_name: str, ver
     not silently stay in force after a hot swap to version 2; the worker picks the entry of the version it
     runs and falls back to that version's card.
     """
-    from linecam.runtime.regions import REGIONS_FILE, load_regions
+    from linecam.config.regions import REGIONS_FILE, load_regions
 
     path = folder / REGIONS_FILE
     previous: dict[str, float | None] = {}

@@ -23,7 +23,7 @@ threshold. Defects of other regions are skipped and counted, never relabelled go
 mask gets the ROI as its mask (the defect is "somewhere in the inspected area": image-level labels stay
 exact, pixel metrics on such images are not meaningful; ``labels.jsonl`` marks them ``"mask_source": "roi"``)
 unless ``require_masks`` is set. Everything is checked before the first file is written, every problem
-names its file, and the result is verified with :func:`linecam.synth.layout.check_dataset`.
+names its file, and the result is verified with :func:`linecam.dataset.check_dataset`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from linecam.config.regions import REGIONS_FILE, RegionError, load_regions
+from linecam.dataset import GOOD_KINDS, IMAGE_SUFFIXES, CheckReport, DatasetError, check_dataset
 from linecam.lifecycle.archive import (
     MASK_SUFFIX,
     REVIEWED_DIR,
@@ -47,8 +49,6 @@ from linecam.lifecycle.archive import (
     day_folders,
     is_sidecar,
 )
-from linecam.runtime.regions import REGIONS_FILE, RegionError, load_regions
-from linecam.synth.layout import GOOD_KINDS, IMAGE_SUFFIXES, CheckReport, DatasetError, check_dataset
 
 __all__ = ["FromArchiveResult", "RegionCrop", "ReviewedImage", "build_dataset", "collect_reviewed",
            "count_unreviewed", "region_crop"]

@@ -254,7 +254,7 @@ def _golden_from_source(source: Path | None, size: tuple[int, int], count: int) 
         raise RegistryError(f"{source}: golden image source not found")
     paths: list[Path]
     if source.is_dir() and (source / "val").is_dir():
-        from linecam.synth.layout import load_index
+        from linecam.dataset import load_index
 
         records = [r for r in load_index(source) if r.split == "val"]
         good = [r.path for r in records if not r.is_defect]

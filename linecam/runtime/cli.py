@@ -14,8 +14,8 @@ EXIT_BAD_INPUT = 2
 
 def _run(args: argparse.Namespace, which: str) -> int:
     from linecam.config import ConfigError, load_config
+    from linecam.config.regions import RegionError
     from linecam.runtime.metrics import PortInUseError
-    from linecam.runtime.regions import RegionError
     from linecam.runtime.transport import TransportError
 
     try:

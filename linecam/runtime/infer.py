@@ -31,6 +31,7 @@ import zmq
 
 from linecam.backends.base import Detector, create_detector
 from linecam.config import ConfigError, LineConfig
+from linecam.config.regions import RegionConfig
 from linecam.lifecycle.archive import ArchiveError, ArchiveWriter
 from linecam.lifecycle.hotswap import ModelWatcher, WatcherThread, swap_counter
 from linecam.runtime import sdnotify
@@ -45,7 +46,7 @@ from linecam.runtime.messages import (
     now_ns,
 )
 from linecam.runtime.metrics import LineMetrics, start_metrics_server
-from linecam.runtime.regions import RegionConfig, crop, load_mask
+from linecam.runtime.regions import crop, load_mask
 from linecam.runtime.rejects import RejectImage, RejectWriter
 from linecam.runtime.signals import stop_on_signals
 from linecam.runtime.transport import event_push, frame_pull_bind, stop_authenticators

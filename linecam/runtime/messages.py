@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
+
+from linecam.config.base import Strict
 
 SCHEMA_VERSION = 1
 
@@ -33,18 +35,14 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Truth(_Strict):
+class Truth(Strict):
     """Ground truth that a synthetic (or replayed, labelled) source knows; used only for demo statistics."""
 
     line_label: Literal["good", "defect"]
     kind: str = "good"
 
 
-class FrameHeader(_Strict):
+class FrameHeader(Strict):
     """Header of one camera frame. ``(camera, seq)`` identifies the frame everywhere on the line."""
 
     schema_version: int = SCHEMA_VERSION
@@ -59,7 +57,7 @@ class FrameHeader(_Strict):
     truth: Truth | None = None
 
 
-class Announcement(_Strict):
+class Announcement(Strict):
     """Acquire tells the gate a frame exists (before offering it to the worker) and when its verdict is due."""
 
     type: Literal["announce"] = "announce"
@@ -72,7 +70,7 @@ class Announcement(_Strict):
     truth: Truth | None = None
 
 
-class Overload(_Strict):
+class Overload(Strict):
     """Acquire could not hand a frame to the worker (high-water mark): the gate rejects it at once."""
 
     type: Literal["overload"] = "overload"
@@ -83,7 +81,7 @@ class Overload(_Strict):
     t_ns: int
 
 
-class Verdict(_Strict):
+class Verdict(Strict):
     """One decision for one frame. Scores and thresholds are per inspection region."""
 
     type: Literal["verdict"] = "verdict"

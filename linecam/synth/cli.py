@@ -41,7 +41,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from linecam.synth.layout import DatasetError, check_dataset
+    from linecam.dataset import DatasetError, check_dataset
 
     try:
         report = check_dataset(args.dir)
@@ -53,7 +53,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _preview(args: argparse.Namespace) -> int:
-    from linecam.synth.layout import DatasetError
+    from linecam.dataset import DatasetError
     from linecam.synth.preview import make_contact_sheet
 
     try:

@@ -1,4 +1,4 @@
-"""Write a synthetic BFS dataset in the linecam layout (see :mod:`linecam.synth.layout`).
+"""Write a synthetic BFS dataset in the linecam layout (see :mod:`linecam.dataset`).
 
 Every image gets its own generator derived from (seed, split, kind, index), so the bytes written do not depend on
 the number of workers or on scheduling; the split name is part of that key, so the test split comes from a seed

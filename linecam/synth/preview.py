@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from linecam.synth.layout import DatasetError, ImageRecord, load_index
+from linecam.dataset import DatasetError, ImageRecord, load_index
 
 RED = (0, 0, 255)  # BGR
 GREEN = (0, 200, 0)

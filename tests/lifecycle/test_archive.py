@@ -21,6 +21,7 @@ import yaml
 from linecam.backends.base import Detection
 from linecam.cli import main as cli_main
 from linecam.config import ArchiveConfig, ConfigError, LineConfig, parse_config
+from linecam.dataset import check_dataset, load_index
 from linecam.lifecycle.archive import (
     ArchiveError,
     ArchiveItem,
@@ -34,7 +35,6 @@ from linecam.lifecycle.archive import (
 from linecam.lifecycle.from_archive import build_dataset, region_crop
 from linecam.runtime.infer import InferWorker
 from linecam.runtime.messages import FrameHeader, Truth, Verdict, encode_frame, now_ns
-from linecam.synth.layout import check_dataset, load_index
 
 SIZE = 32
 

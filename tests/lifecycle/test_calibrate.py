@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from linecam.cli import main
+from linecam.config.regions import load_regions
 from linecam.lifecycle import calibrate as cal
-from linecam.runtime.regions import load_regions
 
 
 def test_threshold_for_frr_and_escape_hit_their_targets() -> None:

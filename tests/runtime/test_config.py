@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from linecam.config import RUNTIME_DIR_ENV, ConfigError, load_config, parse_config
-from linecam.runtime.regions import RegionError, load_regions
+from linecam.config.regions import RegionError, load_regions
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,9 +20,9 @@ import yaml
 import zmq
 
 from linecam.config import TransportConfig
+from linecam.config.sources import GenicamSourceConfig, TriggerConfig
 from linecam.runtime.messages import Announcement, decode_event, decode_frame
 from linecam.runtime.sources import SourceError, create_source
-from linecam.runtime.sources.config import GenicamSourceConfig, TriggerConfig
 from linecam.runtime.transport import event_pull_bind, frame_pull_bind
 
 VIKY = Path(os.path.dirname(genicam.__file__)) / "viky.cti"

@@ -9,9 +9,9 @@ import pytest
 import zmq
 from pydantic import TypeAdapter, ValidationError
 
+from linecam.config.sources import FolderSourceConfig, GenicamSourceConfig, SyntheticSourceConfig
 from linecam.runtime.sources import GrabbedFrame, SourceConfig, create_source
 from linecam.runtime.sources.base import BufferRing, GapCounter, Pacer
-from linecam.runtime.sources.config import FolderSourceConfig, GenicamSourceConfig, SyntheticSourceConfig
 
 ADAPTER: TypeAdapter[object] = TypeAdapter(SourceConfig)
 

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
+from linecam.config.sources import FolderSourceConfig
 from linecam.runtime.sources import EndOfStream, SourceError, create_source
-from linecam.runtime.sources.config import FolderSourceConfig
 
 
 def _write(folder: Path, name: str, image: np.ndarray) -> None:

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from linecam.config.sources import SyntheticSourceConfig
 from linecam.runtime.sources import SourceError, create_source
-from linecam.runtime.sources.config import SyntheticSourceConfig
 from linecam.runtime.sources.synthetic import PRERENDER_NICENESS
 
 

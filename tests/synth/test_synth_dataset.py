@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from linecam.dataset import check_dataset, load_index
 from linecam.synth.dataset import default_counts, parse_counts, write_dataset
-from linecam.synth.layout import check_dataset, load_index
 
 
 def _read(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:

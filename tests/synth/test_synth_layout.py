@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from linecam.synth.layout import DatasetError, check_dataset, load_index
+from linecam.dataset import DatasetError, check_dataset, load_index
 
 
 @pytest.fixture()

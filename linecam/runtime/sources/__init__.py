@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import importlib
 
-from linecam.runtime.sources.base import EndOfStream, FrameSource, GrabbedFrame, SourceError
-from linecam.runtime.sources.config import (
+from linecam.config.sources import (
     FolderSourceConfig,
     GenicamSourceConfig,
     SourceConfig,
     SyntheticSourceConfig,
     TriggerConfig,
 )
+from linecam.runtime.sources.base import EndOfStream, FrameSource, GrabbedFrame, SourceError
 
 #: config type -> (module, class) implementing it.
 SOURCE_CLASSES: dict[type, tuple[str, str]] = {

@@ -15,9 +15,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from linecam.config.sources import FolderSourceConfig
 from linecam.runtime.messages import Truth
 from linecam.runtime.sources.base import EndOfStream, GrabbedFrame, Pacer, SourceError
-from linecam.runtime.sources.config import FolderSourceConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from linecam.config.sources import GenicamSourceConfig
 from linecam.runtime.messages import PIXEL_FORMATS
 from linecam.runtime.sources.base import BufferRing, GapCounter, GrabbedFrame, SourceError
-from linecam.runtime.sources.config import GenicamSourceConfig
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from linecam.config.sources import SyntheticSourceConfig
 from linecam.runtime.messages import Truth
 from linecam.runtime.sources.base import GrabbedFrame, Pacer, SourceError
-from linecam.runtime.sources.config import SyntheticSourceConfig
 
 #: CPU priority (niceness) of the thread that pre-renders the bank. Pre-rendering is start-up work, but the first
 #: camera of a line starts streaming while the others still render: on the 2-core demo machine their rendering

@@ -2,7 +2,7 @@
 
 A discriminated union (rather than one loose dict) means a typo in a GenICam option is refused when the
 config is loaded, naming the field, instead of being silently ignored on the production line.
-Paths are kept as given; :mod:`linecam.config` resolves relative paths against the config file's folder.
+Paths are kept as given; :mod:`linecam.config.line` resolves relative paths against the config file's folder.
 """
 
 from __future__ import annotations
@@ -10,14 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from linecam.config.base import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SyntheticSourceConfig(_Strict):
+class SyntheticSourceConfig(Strict):
     """The project's own BFS-vial renderer, paced to ``fps``; carries ground truth for demo statistics."""
 
     kind: Literal["synthetic"] = "synthetic"
@@ -34,7 +32,7 @@ class SyntheticSourceConfig(_Strict):
     prerender: int = Field(0, ge=0, le=10_000)
 
 
-class TriggerConfig(_Strict):
+class TriggerConfig(Strict):
     """GenICam SFNC trigger settings; applied only when the device's node map has the features."""
 
     mode: Literal["Off", "On"] = "Off"
@@ -42,7 +40,7 @@ class TriggerConfig(_Strict):
     activation: str = "RisingEdge"
 
 
-class GenicamSourceConfig(_Strict):
+class GenicamSourceConfig(Strict):
     """A GenICam camera behind a GenTL producer (``.cti``) driven through harvesters.
 
     The device is chosen by ``serial``, else ``user_name``, else ``device_index`` (default 0). ``None`` for a
@@ -64,7 +62,7 @@ class GenicamSourceConfig(_Strict):
     num_buffers: int = Field(8, ge=2, le=256)
 
 
-class FolderSourceConfig(_Strict):
+class FolderSourceConfig(Strict):
     """Replays recorded PNG/JPEG files from a folder in name order (truth from ``labels.jsonl`` if present)."""
 
     kind: Literal["folder"] = "folder"

@@ -1,4 +1,4 @@
-"""The one reader and checker of the linecam dataset layout.
+"""The linecam dataset format: its one reader and checker (the synthetic writer and collected line images share it).
 
 Layout (written by ``linecam synth``, also usable for collected line images)::
 
@@ -32,10 +32,16 @@ MAX_LISTED = 200
 
 
 class DatasetError(ValueError):
-    """The dataset has problems; ``problems`` lists each one, naming its file."""
+    """The dataset has problems; ``problems`` lists each one, naming its file (one text: one problem).
 
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
+    The one dataset error of the package: the checker raises it with every problem it found, the training and
+    evaluation readers with the first one they hit."""
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if isinstance(problems, str):
+            super().__init__(problems)
+            return
         shown = self.problems[:MAX_LISTED]
         more = len(self.problems) - len(shown)
         text = f"{len(self.problems)} dataset problem(s):\n  " + "\n  ".join(shown)

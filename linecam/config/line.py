@@ -12,10 +12,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from linecam.runtime.regions import RegionConfig, RegionError, load_regions
-from linecam.runtime.sources.config import (
+from linecam.config.base import ConfigError, Strict
+from linecam.config.regions import RegionConfig, RegionError, load_regions
+from linecam.config.sources import (
     FolderSourceConfig,
     GenicamSourceConfig,
     SourceConfig,
@@ -51,20 +52,12 @@ __all__ = [
 RUNTIME_DIR_ENV = "LINECAM_RUNTIME_DIR"
 
 
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message names the file and the field path."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LineInfo(_Strict):
+class LineInfo(Strict):
     name: str = Field(min_length=1)
     station: str = Field(min_length=1)
 
 
-class ModelRef(_Strict):
+class ModelRef(Strict):
     """A model inspected regions refer to by name: a fixed model directory (``path``) or a registry folder
     ``model/<name>`` (``registry``) whose ``CURRENT`` pointer the worker follows and hot-swaps."""
 
@@ -90,7 +83,7 @@ class ModelRef(_Strict):
             raise ConfigError(f"models registry {self.registry}: {exc}") from None
 
 
-class CameraConfig(_Strict):
+class CameraConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     source: SourceConfig
     #: a calibration folder holding regions.yaml, or an inline list; always a list after load_config.
@@ -103,7 +96,7 @@ class CameraConfig(_Strict):
         return self.regions
 
 
-class CurveConfig(_Strict):
+class CurveConfig(Strict):
     """CURVE key files (zmq.auth format). Binders need the server secret and the client public key,
     connectors the server public key and the client secret; a process reads only what its side needs."""
 
@@ -113,7 +106,7 @@ class CurveConfig(_Strict):
     client_secret: Path | None = None
 
 
-class TransportConfig(_Strict):
+class TransportConfig(Strict):
     frames_endpoint: str | None = None
     events_endpoint: str | None = None
     sndhwm: int = Field(4, ge=1, le=10_000)
@@ -121,7 +114,7 @@ class TransportConfig(_Strict):
     curve: CurveConfig | None = None
 
 
-class InferConfig(_Strict):
+class InferConfig(Strict):
     backend: str = "auto"
     #: extra options for the backend's factory, e.g. ``{precision: fp32}`` to run torch-cpu in exact fp32
     #: where the bf16 scores drift too far for a model; ``threads`` comes from ``threads`` below.
@@ -173,7 +166,7 @@ def parse_size(value: Any) -> int:
         raise ValueError(f"size {value!r}: {match.group(1)!r} is not a number") from None
 
 
-class ArchiveConfig(_Strict):
+class ArchiveConfig(Strict):
     """The inspection archive the worker keeps for review and retraining (``linecam.lifecycle.archive``).
 
     Rejects with a reason in ``reasons`` are always archived, accepted frames at ``accept_sample_rate``
@@ -200,14 +193,14 @@ class ArchiveConfig(_Strict):
         return parse_size(value)
 
 
-class LogPlcConfig(_Strict):
+class LogPlcConfig(Strict):
     """Write every result as a JSON line (stdout, or ``path``): for the demo and for dry runs."""
 
     kind: Literal["log"] = "log"
     path: Path | None = None
 
 
-class ModbusPlcConfig(_Strict):
+class ModbusPlcConfig(Strict):
     """Modbus/TCP holding-register link; see docs/plc_registers.md for the register map."""
 
     kind: Literal["modbus"] = "modbus"
@@ -225,7 +218,7 @@ class ModbusPlcConfig(_Strict):
 PlcConfig = Annotated[LogPlcConfig | ModbusPlcConfig, Field(discriminator="kind")]
 
 
-class GateConfig(_Strict):
+class GateConfig(Strict):
     deadline_ms: float = Field(300.0, gt=0, le=600_000)
     #: how long a verdict that arrives before its announcement is held for matching.
     hold_ms: float = Field(1000.0, gt=0, le=600_000)
@@ -235,14 +228,14 @@ class GateConfig(_Strict):
     sweep_ms: float = Field(2.0, gt=0, le=1000)
 
 
-class AcquireConfig(_Strict):
+class AcquireConfig(Strict):
     metrics_base_port: int = Field(9101, ge=0, le=65535)
     #: ``linecam run`` slows synthetic cameras to the rate the worker measured it can judge in time on this
     #: machine (``linecam.runtime.capacity``); false keeps the configured rate (to measure overload).
     fit_synthetic_fps: bool = True
 
 
-class LineConfig(_Strict):
+class LineConfig(Strict):
     line: LineInfo
     runtime_dir: Path | None = None
     models: dict[str, ModelRef]

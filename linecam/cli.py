@@ -1,7 +1,7 @@
 """The `linecam` command: one entry point whose subcommands are contributed by each area of the package.
 
-Each area keeps its own `register(subparsers)` so the argument definitions live next to the code they
-drive; this module only assembles them. Registration modules import nothing heavy (torch, zmq) at import
+Each area's commands live in one module of ``linecam.commands`` with its own `register(subparsers)`; this module
+only assembles them. Registration modules import nothing heavy (torch, zmq) at import
 time, so `linecam gate` starts as fast as a process restarted by systemd needs.
 """
 
@@ -17,12 +17,11 @@ from linecam import __version__
 
 #: Modules that contribute subcommands, in the order they appear in `linecam --help`.
 COMMAND_MODULES = (
-    "linecam.synth.cli",
-    "linecam.grdnet.cli",
-    "linecam.backends.cli",
-    "linecam.runtime.cli_line",
-    "linecam.runtime.cli",
-    "linecam.lifecycle.cli",
+    "linecam.commands.data",
+    "linecam.commands.model",
+    "linecam.commands.engine",
+    "linecam.commands.line",
+    "linecam.commands.lifecycle",
 )
 
 

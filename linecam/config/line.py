@@ -74,7 +74,7 @@ class ModelRef(Strict):
         """The model directory to load now: ``path``, or the version the registry's CURRENT points at."""
         if self.path is not None:
             return self.path
-        from linecam.lifecycle.registry import RegistryError, current_dir
+        from linecam.modelstore.versions import RegistryError, current_dir
 
         assert self.registry is not None
         try:
@@ -167,7 +167,7 @@ def parse_size(value: Any) -> int:
 
 
 class ArchiveConfig(Strict):
-    """The inspection archive the worker keeps for review and retraining (``linecam.lifecycle.archive``).
+    """The inspection archive the worker keeps for review and retraining (``linecam.runtime.archive``).
 
     Rejects with a reason in ``reasons`` are always archived, accepted frames at ``accept_sample_rate``
     (chosen by a hash of camera and sequence number, so a run is reproducible and a carousel's period cannot

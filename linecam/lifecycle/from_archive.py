@@ -41,7 +41,7 @@ import numpy as np
 
 from linecam.config.regions import REGIONS_FILE, RegionError, load_regions
 from linecam.dataset import GOOD_KINDS, IMAGE_SUFFIXES, CheckReport, DatasetError, check_dataset
-from linecam.lifecycle.archive import (
+from linecam.runtime.archive import (
     MASK_SUFFIX,
     REVIEWED_DIR,
     VERDICT_SUFFIX,

@@ -6,7 +6,7 @@ is what makes a small CPU or one GPU keep up with several cameras. Every failure
 instead of an exception: a frame that cannot be decoded or does not fit its regions gets ``bad_frame``, a
 backend that throws (or returns a non-finite score) gets ``error`` (reject) for the frames of that batch,
 and the loop serves the next batch. Reject images (``infer.reject_dir``) and the inspection archive
-(``archive:``, rejects plus a sample of accepts, see :mod:`linecam.lifecycle.archive`) are written by
+(``archive:``, rejects plus a sample of accepts, see :mod:`linecam.runtime.archive`) are written by
 background writers with bounded queues, never on the hot path.
 
 :meth:`InferWorker.process_batch` is the socket-free core (tests feed it messages directly);
@@ -32,10 +32,10 @@ import zmq
 from linecam.backends.base import Detector, create_detector
 from linecam.config import ConfigError, LineConfig
 from linecam.config.regions import RegionConfig
-from linecam.lifecycle.archive import ArchiveError, ArchiveWriter
-from linecam.lifecycle.hotswap import ModelWatcher, WatcherThread, swap_counter
 from linecam.runtime import sdnotify
+from linecam.runtime.archive import ArchiveError, ArchiveWriter
 from linecam.runtime.capacity import Capacity, write_capacity
+from linecam.runtime.hotswap import ModelWatcher, WatcherThread, swap_counter
 from linecam.runtime.messages import (
     BadFrame,
     FrameHeader,

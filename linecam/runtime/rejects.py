@@ -3,7 +3,7 @@
 Why a bounded queue and a thread: writing PNGs takes milliseconds per frame, which the verdict must never
 wait for. When the disk or the writer falls behind, images are dropped and counted; verdicts are not.
 :class:`BackgroundWriter` is that queue-and-thread, shared by :class:`RejectWriter` (the plain reject folder of
-``linecam run --rejects``) and the retention-managed archive (``linecam.lifecycle.archive``).
+``linecam run --rejects``) and the retention-managed archive (``linecam.runtime.archive``).
 """
 
 from __future__ import annotations

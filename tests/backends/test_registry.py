@@ -64,7 +64,7 @@ def test_gpu_backends_give_clear_errors_without_a_gpu(exported_model_dir: Path) 
 
 def test_gpu_modules_import_without_gpu_packages() -> None:
     code = (
-        "import sys, linecam.backends.tensorrt_backend, linecam.backends.torch_cuda, linecam.backends.cli\n"
+        "import sys, linecam.backends.tensorrt_backend, linecam.backends.torch_cuda, linecam.commands.engine\n"
         "assert 'tensorrt' not in sys.modules and 'pycuda' not in sys.modules, sorted(sys.modules)\n"
         "print('ok')\n"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from linecam.grdnet.cli import cmd_eval, cmd_predict, cmd_train, register
+from linecam.commands.model import cmd_eval, cmd_predict, cmd_train, register
 from linecam.grdnet.modeldir import load_model_dir, read_card
 from linecam.grdnet.train import (
     CHECKPOINT_LAST,

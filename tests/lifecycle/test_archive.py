@@ -22,7 +22,8 @@ from linecam.backends.base import Detection
 from linecam.cli import main as cli_main
 from linecam.config import ArchiveConfig, ConfigError, LineConfig, parse_config
 from linecam.dataset import check_dataset, load_index
-from linecam.lifecycle.archive import (
+from linecam.lifecycle.from_archive import build_dataset, region_crop
+from linecam.runtime.archive import (
     ArchiveError,
     ArchiveItem,
     ArchiveWriter,
@@ -32,7 +33,6 @@ from linecam.lifecycle.archive import (
     sample_fraction,
     write_item,
 )
-from linecam.lifecycle.from_archive import build_dataset, region_crop
 from linecam.runtime.infer import InferWorker
 from linecam.runtime.messages import FrameHeader, Truth, Verdict, encode_frame, now_ns
 

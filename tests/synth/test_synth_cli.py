@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from linecam.synth.cli import register
+from linecam.commands.data import register
 
 
 def _run(argv: list[str]) -> int:

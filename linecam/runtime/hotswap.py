@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 
-from linecam.lifecycle.registry import golden_tolerance, read_current, read_golden, verify_version
+from linecam.modelstore.versions import golden_tolerance, read_current, read_golden, verify_version
 
 log = logging.getLogger(__name__)
 

@@ -225,7 +225,7 @@ def cmd_roi(args: argparse.Namespace) -> int:
 
 def cmd_archive_prune(args: argparse.Namespace) -> int:
     from linecam.config import load_config, parse_size
-    from linecam.lifecycle.archive import prune_archive
+    from linecam.runtime.archive import prune_archive
 
     try:
         cfg = None
@@ -254,8 +254,8 @@ def cmd_archive_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_archive_status(args: argparse.Namespace) -> int:
-    from linecam.lifecycle.archive import archive_bytes, day_folders
     from linecam.lifecycle.from_archive import collect_reviewed, count_unreviewed
+    from linecam.runtime.archive import archive_bytes, day_folders
 
     root: Path = args.archive
     try:

@@ -1,4 +1,5 @@
-"""Subcommands ``acquire``, ``run`` and ``keygen``: thin argument parsing over the runtime modules.
+"""Subcommands of the line: ``acquire``, ``run``, ``keygen``, ``infer`` and ``gate``; thin argument parsing over
+the runtime modules. Each process exits 2 on bad input (config, ports), naming the file, field or port.
 
 Imports are deferred into the handlers so ``linecam --help`` and the other subcommands stay fast.
 """
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+EXIT_BAD_INPUT = 2
 
 
 def _load(path: str) -> Any:
@@ -70,8 +73,28 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _service(args: argparse.Namespace, which: str) -> int:
+    from linecam.config import ConfigError, load_config
+    from linecam.config.regions import RegionError
+    from linecam.runtime.metrics import PortInUseError
+    from linecam.runtime.transport import TransportError
+
+    try:
+        config = load_config(args.config)
+        if which == "infer":
+            from linecam.runtime.infer import main as infer_main
+
+            return infer_main(config)
+        from linecam.runtime.gate import main as gate_main
+
+        return gate_main(config)
+    except (ConfigError, RegionError, TransportError, PortInUseError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
 def register(subparsers: Any) -> None:
-    """Add ``acquire``, ``run`` and ``keygen`` to the ``linecam`` command."""
+    """Add ``acquire``, ``run``, ``keygen``, ``infer`` and ``gate`` to the ``linecam`` command."""
     p = subparsers.add_parser("acquire", help="run acquire for one camera (one process per camera)")
     p.add_argument("--config", required=True, help="line config YAML")
     p.add_argument("--camera", required=True, help="camera name from the config")
@@ -92,3 +115,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="folder for server.key(_secret) and client.key(_secret)")
     p.add_argument("--force", action="store_true", help="overwrite existing key files")
     p.set_defaults(func=_keygen)
+    p = subparsers.add_parser("infer", help="run the inference worker (frames in, verdicts to the gate)")
+    p.add_argument("--config", required=True, help="line config YAML")
+    p.set_defaults(func=lambda a: _service(a, "infer"))
+    p = subparsers.add_parser("gate", help="run the gate (one verdict per product, in time; PLC; audit log)")
+    p.add_argument("--config", required=True, help="line config YAML")
+    p.set_defaults(func=lambda a: _service(a, "gate"))

@@ -227,6 +227,20 @@ class GateConfig(Strict):
     metrics_port: int = Field(9111, ge=0, le=65535)
     sweep_ms: float = Field(2.0, gt=0, le=1000)
 
+    @property
+    def deadline_s(self) -> float:
+        """The deadline in seconds (metric buckets, drains)."""
+        return self.deadline_ms / 1000.0
+
+    @property
+    def deadline_ns(self) -> int:
+        return int(round(self.deadline_ms * 1e6))
+
+    def due_ns(self, t_capture_ns: int) -> int:
+        """When the verdict of a product captured at ``t_capture_ns`` is due: the one place capture + deadline
+        is worked out (acquire stamps it into the announcement and the frame header)."""
+        return t_capture_ns + self.deadline_ns
+
 
 class AcquireConfig(Strict):
     metrics_base_port: int = Field(9101, ge=0, le=65535)

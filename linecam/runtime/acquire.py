@@ -19,7 +19,7 @@ from typing import Any
 
 import zmq
 
-from linecam.config import LineConfig
+from linecam.config import GateConfig, LineConfig
 from linecam.runtime import sdnotify
 from linecam.runtime.messages import Announcement, FrameHeader, Overload, encode_event, encode_frame
 from linecam.runtime.metrics import LineMetrics, start_metrics_server
@@ -75,12 +75,12 @@ class FrameSender:
     are copied, which is cheaper than tracking.
     """
 
-    def __init__(self, camera: str, frames: zmq.Socket[Any], events: zmq.Socket[Any], deadline_ms: float,
+    def __init__(self, camera: str, frames: zmq.Socket[Any], events: zmq.Socket[Any], gate: GateConfig,
                  metrics: LineMetrics) -> None:
         self.camera = camera
         self.frames = frames
         self.events = events
-        self.deadline_ns = int(deadline_ms * 1e6)
+        self.gate = gate
         self.metrics = metrics
         self.stats = AcquireStats(camera=camera)
         self._gaps = GapCounter()
@@ -96,8 +96,9 @@ class FrameSender:
             self.metrics.frame_gaps.labels(camera=self.camera).inc(missed)
             log.warning("camera %s: %d frame(s) lost before device frame %s", self.camera, missed,
                         frame.device_frame_id)
+        due_ns = self.gate.due_ns(frame.t_capture_ns)
         announcement = Announcement(camera=self.camera, seq=seq, slot=slot, t_capture_ns=frame.t_capture_ns,
-                                    deadline_ns=frame.t_capture_ns + self.deadline_ns, truth=frame.truth)
+                                    deadline_ns=due_ns, truth=frame.truth)
         try:
             self.events.send(encode_event(announcement), zmq.NOBLOCK)
         except zmq.Again:
@@ -110,8 +111,8 @@ class FrameSender:
         self.stats.announced += 1
         t_sent_ns = time.time_ns()
         header = FrameHeader(camera=self.camera, seq=seq, slot=slot, t_capture_ns=frame.t_capture_ns,
-                             t_sent_ns=t_sent_ns, shape=tuple(frame.image.shape), dtype=str(frame.image.dtype),
-                             pixel_format=frame.pixel_format, truth=frame.truth)
+                             deadline_ns=due_ns, t_sent_ns=t_sent_ns, shape=tuple(frame.image.shape),
+                             dtype=str(frame.image.dtype), pixel_format=frame.pixel_format, truth=frame.truth)
         parts = encode_frame(header, frame.image)
         zero_copy = frame.image.nbytes >= zmq.COPY_THRESHOLD
         try:
@@ -155,7 +156,7 @@ def main(config: LineConfig, camera_name: str, stats_path: Path | None = None) -
     """Run acquire for ``camera_name`` until SIGTERM/SIGINT, end of stream, or loss of the source."""
     camera = config.camera(camera_name)
     index = config.camera_index(camera_name)
-    metrics = LineMetrics(deadline_s=config.gate.deadline_ms / 1000.0)
+    metrics = LineMetrics(deadline_s=config.gate.deadline_s)
     base = config.acquire.metrics_base_port
     port = start_metrics_server(metrics, base + index if base else 0, process=f"acquire@{camera_name}",
                                 key=f"acquire.metrics_base_port (+{index} for camera {camera_name})",
@@ -186,7 +187,7 @@ def main(config: LineConfig, camera_name: str, stats_path: Path | None = None) -
             return EXIT_START
         stop.install()  # again: creating a GenICam acquirer may have replaced the SIGINT handler
         log.info("acquire@%s: source %s", camera_name, json.dumps(source.describe(), default=str))
-        sender = FrameSender(camera_name, frames_sock, events_sock, config.gate.deadline_ms, metrics)
+        sender = FrameSender(camera_name, frames_sock, events_sock, config.gate, metrics)
         grab_timeout = min(MAX_GRAB_WAIT_S, getattr(camera.source, "fetch_timeout_s", MAX_GRAB_WAIT_S))
         sdnotify.ready(f"acquire {camera_name}")
         code, reason = run_loop(source, sender, stop, grab_timeout, sdnotify.Watchdog())
@@ -205,7 +206,7 @@ def main(config: LineConfig, camera_name: str, stats_path: Path | None = None) -
         # bounded, so a dead peer cannot hang the exit, but a clean stop loses no announced frame.
         for sock in (events_sock, frames_sock):
             if sock is not None:
-                sock.close(linger=int(config.gate.deadline_ms))
+                sock.close(linger=int(config.gate.deadline_s * 1000))
         ctx.term()
         if stats_path is not None:
             stats_path.write_text(json.dumps(asdict(stats)) + "\n")

@@ -231,7 +231,7 @@ class GateService:
         self.cfg = cfg
         self.endpoint = cfg.events_endpoint()  # config errors (no runtime dir) before anything starts
         self.audit_path: Path = cfg.audit_log_path()
-        self.metrics = metrics or LineMetrics(deadline_s=cfg.gate.deadline_ms / 1000.0)
+        self.metrics = metrics or LineMetrics(deadline_s=cfg.gate.deadline_s)
         port = cfg.gate.metrics_port if metrics_port is None else metrics_port
         self.metrics_port = start_metrics_server(
             self.metrics, port, process="gate", key="gate.metrics_port", source=str(cfg.source_path or "the config")

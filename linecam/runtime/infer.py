@@ -170,7 +170,7 @@ class InferWorker:
         if bind:  # config errors (no runtime dir) before models load and servers start
             self.frames_endpoint = cfg.frames_endpoint()
             cfg.events_endpoint()
-        self.metrics = metrics or LineMetrics(deadline_s=cfg.gate.deadline_ms / 1000.0)
+        self.metrics = metrics or LineMetrics(deadline_s=cfg.gate.deadline_s)
         self._factory = detector_factory
         #: the folder each model was loaded from (for registry models: the version CURRENT pointed at).
         self.model_dirs: dict[str, Path] = {name: cfg.models[name].model_dir() for name in used_models(cfg)}
@@ -189,7 +189,6 @@ class InferWorker:
             for name, ref in cfg.models.items() if ref.registry is not None and name in self.model_dirs
         }
         self._watcher_thread = WatcherThread(list(self.watchers.values()), cfg.infer.swap_poll_s)
-        self._deadline_ns = int(cfg.gate.deadline_ms * 1e6)
         #: detector time per region crop (ns, moving average of the live batches; None until the first one).
         #: Frames that would finish after their deadline are shed before inference (see ``_shed``).
         self.crop_cost_ns: float | None = None
@@ -542,7 +541,9 @@ class InferWorker:
         for item in items:
             if item.reason or item.header is None:
                 continue
-            due = item.header.t_capture_ns + self._deadline_ns
+            due = item.header.deadline_ns
+            if due is None:  # a producer that does not stamp it: worked out the way acquire does
+                due = self.cfg.gate.due_ns(item.header.t_capture_ns)
             if due < batch_start:
                 item.reason, item.detail = "timeout", "stale: capture + deadline passed before inference"
             else:

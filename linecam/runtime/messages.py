@@ -50,6 +50,9 @@ class FrameHeader(Strict):
     seq: int = Field(ge=0)
     slot: int = Field(ge=0, description="product/slot id given by the PLC tracker or counted by acquire")
     t_capture_ns: int
+    #: when the verdict is due (capture + gate deadline), set once by acquire at capture; None only from a
+    #: producer that predates it (the worker then works it out from its config, the same way).
+    deadline_ns: int | None = None
     t_sent_ns: int = 0
     shape: tuple[int, ...]
     dtype: str

@@ -256,7 +256,7 @@ class Supervisor:
             by_role[child.name.split("@")[0]].append(child)
         self._stop(by_role["acquire"])
         # Drain: every announced frame is decided (verdict or timeout) by its deadline.
-        drain_until = time.monotonic() + self.config.gate.deadline_ms / 1000.0 + 0.5
+        drain_until = time.monotonic() + self.config.gate.deadline_s + 0.5
         while time.monotonic() < drain_until:
             self._tail()
             time.sleep(0.05)

@@ -105,6 +105,7 @@ def test_announce_offer_overload_and_clean_stop(tmp_path: Path) -> None:
         a = by_seq[header.seq]
         assert a.t_capture_ns == header.t_capture_ns and a.truth == header.truth
         assert a.deadline_ns - a.t_capture_ns == 300_000_000
+        assert header.deadline_ns == a.deadline_ns  # worked out once, at capture; the worker reads it
         assert image.shape == (256, 256, 3) and header.pixel_format == "RGB8"
     assert not {o.seq for o in bench.overloads} & {h.seq for h, _ in bench.received}
     assert len({a.truth.line_label for a in bench.announced if a.truth}) == 2

@@ -365,6 +365,20 @@ def test_frames_past_their_deadline_are_not_inferred(make_config, rt) -> None:
     worker.close()
 
 
+def test_the_deadline_stamped_at_capture_decides_staleness(make_config, rt) -> None:
+    """The worker sheds on the header's deadline (set by acquire), not on its own idea of the deadline."""
+    cfg = make_config(deadline_ms=300)
+    det = rt.BrightnessDetector()
+    worker = InferWorker(cfg, detectors={"demo": det}, metrics_port=-1, bind=False)
+    image = _halves(0, 0)
+    fresh_capture = now_ns()
+    due_passed = FrameHeader(camera="cam1", seq=1, slot=1, t_capture_ns=fresh_capture, deadline_ns=fresh_capture - 1,
+                             shape=image.shape, dtype="uint8", pixel_format="RGB8")
+    v = worker.process_batch([(encode_frame(due_passed, image), now_ns())])[0]
+    assert (v.decision, v.reason) == ("reject", "timeout") and det.calls == []
+    worker.close()
+
+
 def _aged(seq: int, age_ms: float, image: np.ndarray) -> list[Any]:
     header = FrameHeader(camera="cam1", seq=seq, slot=seq, t_capture_ns=now_ns() - int(age_ms * 1e6),
                          shape=image.shape, dtype="uint8", pixel_format="RGB8")

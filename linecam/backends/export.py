@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from linecam.backends.graph import InferenceGraph
-from linecam.backends.modelfiles import GOLDEN_DIR, ONNX_FP16_NAME, ONNX_NAME
+from linecam.backends.modelfiles import ONNX_FP16_NAME, ONNX_NAME, read_golden_images
 from linecam.backends.onnxrt import (
     INPUT_IMAGES,
     INPUT_MASK,
@@ -156,30 +156,6 @@ def parity_images(image_size: tuple[int, int], seed: int = 0) -> list[np.ndarray
     return [noise, structured_images(3, image_size, seed=seed), other_size]
 
 
-def read_golden_images(model_dir: Path) -> list[np.ndarray]:
-    """``golden/*.png`` as (1, H, W, C) uint8 RGB(a)/gray arrays; unreadable files are an error, not a skip."""
-    import cv2
-
-    folder = model_dir / GOLDEN_DIR
-    if not folder.is_dir():
-        return []
-    out = []
-    for path in sorted(folder.glob("*.png")):
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise ExportError(f"{path}: cannot read golden image")
-        if img.dtype != np.uint8:
-            raise ExportError(f"{path}: golden images must be 8-bit, got {img.dtype}")
-        if img.ndim == 2:
-            img = img[..., None]
-        elif img.shape[-1] == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        elif img.shape[-1] == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
-        out.append(np.ascontiguousarray(img[None]))
-    return out
-
-
 def max_score_difference(
     onnx_path: Path, grdnet: nn.Module, image_size: tuple[int, int], batches: list[np.ndarray]
 ) -> float:
@@ -238,7 +214,10 @@ def export_model_dir(
         with phase("export: checking the graph and its scores against torch fp32", enabled=progress):
             check_onnx(tmp)
             diff = max_score_difference(tmp, grdnet, size, parity_images(size))
-            golden = read_golden_images(model_dir)
+            try:
+                golden = [image[None] for image in read_golden_images(model_dir)]
+            except ValueError as exc:
+                raise ExportError(str(exc)) from None
             golden_diff = max_score_difference(tmp, grdnet, size, golden) if golden else None
         worst = max(diff, golden_diff or 0.0)
         if not worst <= tolerance:

@@ -7,8 +7,11 @@ need the card and ``model.onnx``, so they check that one file here without loadi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ONNX_NAME = "model.onnx"
 ONNX_FP16_NAME = "model.fp16.onnx"
@@ -45,3 +48,32 @@ def verified_file(model_dir: Path, card: Any, name: str, hint: str = "") -> Path
             "or corrupted, refusing to load it"
         )
     return path
+
+
+def read_golden_images(model_dir: Path, files: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Golden images of a model directory as (H, W, C) uint8 RGB(a)/gray arrays: the listed ``files`` (relative
+    to ``model_dir``, in that order) or every ``golden/*.png``. The one reader of golden images: the export's
+    parity check and the loader's golden check see the same pixels. An unreadable or non-8-bit file is a
+    ValueError naming it, never a skip."""
+    import cv2
+
+    if files is None:
+        folder = Path(model_dir) / GOLDEN_DIR
+        paths = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    else:
+        paths = [Path(model_dir) / f for f in files]
+    out = []
+    for path in paths:
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise ValueError(f"{path}: cannot read golden image")
+        if img.dtype != np.uint8:
+            raise ValueError(f"{path}: golden images must be 8-bit, got {img.dtype}")
+        if img.ndim == 2:
+            img = img[..., None]
+        elif img.shape[-1] == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        elif img.shape[-1] == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+        out.append(np.ascontiguousarray(img))
+    return out

@@ -14,13 +14,16 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
-import torch
 
-from linecam.grdnet.model import GRDNet, build_grdnet
 from linecam.grdnet.profiles import ModelProfile
+
+if TYPE_CHECKING:  # torch loads only where weights are read or written: the card alone is read by light tools
+    import torch
+
+    from linecam.grdnet.model import GRDNet
 
 WEIGHTS_FILE = "weights.pt"
 CARD_FILE = "card.json"
@@ -34,8 +37,28 @@ def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+class GoldenImage(pydantic.BaseModel):
+    """One golden image of a published version: its file, its sha256 and the fp32 score recorded at publish."""
+
+    file: str
+    sha256: str
+    score: float | None = None
+
+
+class GoldenSet(pydantic.BaseModel):
+    """The golden images a loader re-scores before a version may serve, and the score difference it accepts."""
+
+    images: list[GoldenImage]
+    tolerance: float = 0.02
+    recorded_with: str = ""
+
+
 class ModelCard(pydantic.BaseModel, extra="allow"):
-    """What a model directory holds and how it was made (``extra="allow"``: tools may add fields)."""
+    """What a model directory holds and how it was made (``extra="allow"``: tools may add fields).
+
+    ``golden`` and ``published`` are set by publishing (a published version's golden images and its publish
+    record); a working model directory has neither.
+    """
 
     name: str
     version: str
@@ -50,6 +73,8 @@ class ModelCard(pydantic.BaseModel, extra="allow"):
     command: str = ""
     created: str = pydantic.Field(default_factory=_now_iso)
     files: dict[str, str] = pydantic.Field(default_factory=dict)  # file name -> sha256 (hex)
+    golden: GoldenSet | None = None
+    published: dict[str, Any] | None = None
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -100,7 +125,8 @@ def write_card(path: str | os.PathLike[str], card: ModelCard) -> None:
         raise ModelDirError(f"{Path(path) / CARD_FILE}: {Path(path)} is a published model version and is never "
                             "rewritten; write into a working copy of the model directory and publish it as a "
                             "new version")
-    text = json.dumps(card.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    unset = {name for name in ("golden", "published") if getattr(card, name) is None}  # working dirs: absent
+    text = json.dumps(card.model_dump(mode="json", exclude=unset), indent=2, sort_keys=True) + "\n"
     _atomic_write(Path(path) / CARD_FILE, text.encode())
 
 
@@ -132,6 +158,8 @@ def save_model_dir(
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     buf = io.BytesIO()
+    import torch
+
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
     blobs = {WEIGHTS_FILE: buf.getvalue()}
     for name, data in (extra_files or {}).items():
@@ -185,6 +213,10 @@ def load_model_dir(
     map_location: str | torch.device = "cpu",
 ) -> tuple[GRDNet, ModelCard]:
     """Rebuild the GRDNet from the card's profile, load weights.pt, return (model in eval mode, card)."""
+    import torch
+
+    from linecam.grdnet.model import build_grdnet
+
     d = Path(path)
     card = read_card(d)
     if verify:

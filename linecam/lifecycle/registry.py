@@ -176,6 +176,8 @@ def publish(
 
     from linecam.grdnet.modeldir import (
         CARD_FILE,
+        GoldenImage,
+        GoldenSet,
         ModelCard,
         ModelDirError,
         file_sha256,
@@ -230,8 +232,9 @@ def publish(
         from linecam.grdnet.modeldir import read_card
 
         final_card = read_card(stage)
-        extra = {"golden": {"images": entries, "tolerance": float(tolerance),
-                            "recorded_with": "torch fp32 eager (InferenceGraph)"},
+        golden_set = GoldenSet(images=[GoldenImage.model_validate(e) for e in entries], tolerance=float(tolerance),
+                               recorded_with="torch fp32 eager (InferenceGraph)")
+        extra = {"golden": golden_set,
                  "published": {"time": _now_iso(), "source": str(src.resolve()), "by": _user(),
                                "source_command": card.command},
                  "command": command or final_card.command}

@@ -5,7 +5,8 @@ Why a layer of its own: the line config resolves registry references, the worker
 candidate before swapping it in, and ``linecam models`` lists and shows versions; all of them only read. Writing
 (publish, promote, rollback) is an offline act and lives in :mod:`linecam.lifecycle.registry`. The model
 directory format itself (card, weights, hashes) is :mod:`linecam.grdnet.modeldir`; golden files are named in
-:mod:`linecam.backends.modelfiles`. Nothing heavy is imported at import time: the line config reads it.
+:mod:`linecam.backends.modelfiles`. Nothing heavier than the card's schema loads at import time: the line
+config reads it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from linecam.backends.modelfiles import GOLDEN_DIR
+from linecam.backends.modelfiles import GOLDEN_DIR, read_golden_images
+from linecam.grdnet.modeldir import CARD_FILE, GoldenImage, ModelCard
 
 CURRENT_FILE = "CURRENT"
 HISTORY_FILE = "HISTORY.jsonl"
@@ -64,7 +66,7 @@ def list_version_names(registry: str | Path) -> list[str]:
     if not root.is_dir():
         raise RegistryError(f"{root}: model registry folder not found")
     names = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-             and (p / "card.json").is_file()]
+             and (p / CARD_FILE).is_file()]
 
     def key(v: str) -> tuple[int, int, str]:
         return (0, int(v), "") if v.isdigit() else (1, 0, v)
@@ -100,7 +102,7 @@ def current_dir(registry: str | Path) -> Path:
     if version is None:
         raise RegistryError(f"{root / CURRENT_FILE}: no current version (run `linecam models promote`)")
     path = root / version
-    if not (path / "card.json").is_file():
+    if not (path / CARD_FILE).is_file():
         raise RegistryError(f"{root / CURRENT_FILE}: points at {version!r}, which is not a published version")
     return path
 
@@ -122,35 +124,29 @@ def read_history(registry: str | Path) -> list[dict[str, Any]]:
 
 def list_versions(registry: str | Path) -> list[VersionInfo]:
     """Every published version with its creation date, threshold and whether it is current."""
+    from linecam.grdnet.modeldir import read_card
+
     root = Path(registry)
     current = read_current(root)
     out = []
     for v in list_version_names(root):
-        card = json.loads((root / v / "card.json").read_text(encoding="utf-8"))
-        out.append(VersionInfo(str(card.get("name", root.name)), v, root / v, str(card.get("created", "")),
-                               card.get("threshold"), v == current))
+        card = read_card(root / v)
+        out.append(VersionInfo(card.name or root.name, v, root / v, card.created, card.threshold, v == current))
     return out
 
 
-def golden_entries(card: Any) -> list[dict[str, Any]]:
-    """The card's golden images: [{file, sha256, score}], [] when the card has none."""
-    extra = card.model_extra if hasattr(card, "model_extra") else None
-    golden = (extra or {}).get("golden") if extra is not None else getattr(card, "golden", None)
-    if not golden:
-        return []
-    images = golden.get("images")
-    if not isinstance(images, list):
-        raise RegistryError(f"card of {card.name}/{card.version}: golden.images must be a list")
-    return images
+def golden_entries(card: ModelCard) -> list[GoldenImage]:
+    """The card's golden images, [] when the card has none."""
+    return list(card.golden.images) if card.golden is not None else []
 
 
-def golden_tolerance(card: Any) -> float:
-    extra = card.model_extra or {}
-    return float((extra.get("golden") or {}).get("tolerance", DEFAULT_GOLDEN_TOLERANCE))
+def golden_tolerance(card: ModelCard) -> float:
+    """The |score| difference the card's golden check accepts."""
+    return card.golden.tolerance if card.golden is not None else DEFAULT_GOLDEN_TOLERANCE
 
 
-def verify_version(path: str | Path) -> Any:
-    """Check every file of the card and every golden image against its sha256 -> the card (ModelCard).
+def verify_version(path: str | Path) -> ModelCard:
+    """Check every file of the card and every golden image against its sha256 -> the card.
 
     Raises ``ModelDirError`` (from the model-dir check) or RegistryError, naming the file.
     """
@@ -159,25 +155,23 @@ def verify_version(path: str | Path) -> Any:
     d = Path(path)
     card = verify_model_dir(d)
     for entry in golden_entries(card):
-        f = d / str(entry.get("file", ""))
+        f = d / entry.file
         if not f.is_file():
             raise RegistryError(f"{f}: golden image listed in the card is missing")
-        if file_sha256(f) != entry.get("sha256"):
+        if file_sha256(f) != entry.sha256:
             raise RegistryError(f"{f}: sha256 mismatch with the card; refused")
     return card
 
 
-def read_golden(path: str | Path, card: Any) -> tuple[Any, Any]:
+def read_golden(path: str | Path, card: ModelCard) -> tuple[Any, Any]:
     """(images uint8 (N,H,W,3), recorded scores float64 (N,)) of a version's golden set."""
     import numpy as np
 
-    from linecam.grdnet.datasets import read_rgb
-
     entries = golden_entries(card)
-    if not entries:
-        raise RegistryError(f"{Path(path) / 'card.json'}: the card records no golden images")
-    images = np.stack([read_rgb(Path(path) / str(e["file"])) for e in entries])
-    scores = np.array([float(e["score"]) for e in entries], dtype=np.float64)
+    if not entries or any(e.score is None for e in entries):
+        raise RegistryError(f"{Path(path) / CARD_FILE}: the card records no golden images with scores")
+    images = np.stack(read_golden_images(Path(path), [e.file for e in entries]))
+    scores = np.array([float(e.score) for e in entries], dtype=np.float64)  # type: ignore[arg-type]
     return images, scores
 
 
@@ -198,11 +192,15 @@ def reference_scores(model_dir: Path, images: Any) -> Any:
 
 def show(path: str | Path) -> dict[str, Any]:
     """The card of a version (as JSON data) plus whether its files verify."""
+    from linecam.grdnet.modeldir import ModelDirError, read_card
+
     d = Path(path)
-    card_path = d / "card.json"
-    if not card_path.is_file():
+    if not (d / CARD_FILE).is_file():
         raise RegistryError(f"{d}: not a published version (no card.json)")
-    data: dict[str, Any] = json.loads(card_path.read_text(encoding="utf-8"))
+    try:
+        data: dict[str, Any] = read_card(d).model_dump(mode="json", exclude_none=True)
+    except ModelDirError as exc:
+        raise RegistryError(str(exc)) from None
     try:
         verify_version(d)
         data["verified"] = True
@@ -218,6 +216,6 @@ def resolve_version(registry: str | Path, version: str | None) -> Path:
     if version is None:
         return current_dir(root)
     path = root / check_version_name(version)
-    if not (path / "card.json").is_file():
+    if not (path / CARD_FILE).is_file():
         raise RegistryError(f"{path}: no such published version; versions: {list_version_names(root)}")
     return path

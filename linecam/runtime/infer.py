@@ -15,7 +15,6 @@ background writers with bounded queues, never on the hot path.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -58,15 +57,13 @@ __all__ = ["InferWorker", "card_version_threshold", "load_detectors", "main", "t
 
 def card_version_threshold(model_dir: Path) -> tuple[str, float | None]:
     """(version, calibrated threshold or None) from ``<model_dir>/card.json``."""
-    path = Path(model_dir) / "card.json"
+    from linecam.grdnet.modeldir import ModelDirError, read_card
+
     try:
-        card = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read the model card ({exc})") from None
-    if not isinstance(card, dict):
-        raise ConfigError(f"{path}: the model card is not a JSON object")
-    value = card.get("threshold")
-    return str(card.get("version", "")), float(value) if value is not None else None
+        card = read_card(model_dir)
+    except ModelDirError as exc:
+        raise ConfigError(str(exc)) from None
+    return card.version, card.threshold
 
 
 def used_models(cfg: LineConfig) -> list[str]:

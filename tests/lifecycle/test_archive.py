@@ -22,6 +22,8 @@ from linecam.backends.base import Detection
 from linecam.cli import main as cli_main
 from linecam.config import ArchiveConfig, ConfigError, LineConfig, parse_config
 from linecam.dataset import check_dataset, load_index
+from linecam.grdnet.modeldir import ModelCard, write_card
+from linecam.grdnet.profiles import get_profile
 from linecam.lifecycle.from_archive import build_dataset, region_crop
 from linecam.runtime.archive import (
     ArchiveError,
@@ -58,7 +60,8 @@ class BrightnessDetector:
 def _line(tmp_path: Path, archive: dict[str, Any]) -> LineConfig:
     model = tmp_path / "model"
     model.mkdir(exist_ok=True)
-    (model / "card.json").write_text('{"threshold": 0.5}')
+    write_card(model, ModelCard(name="stub", version="", profile=get_profile("fast", image_size=64),
+                                input_size=(64, 64), roi_variant="learned_silence", threshold=0.5))
     doc = {
         "line": {"name": "t", "station": "s1"},
         "runtime_dir": str(tmp_path / "rt"),

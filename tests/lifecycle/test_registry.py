@@ -32,11 +32,11 @@ def test_publish_writes_an_immutable_verified_version(published: Path, source_mo
     assert file_sha256(v1 / "weights.pt") == file_sha256(source_models[0] / "weights.pt")
     assert not os.stat(v1).st_mode & stat.S_IWUSR
     golden = reg.golden_entries(card)
-    assert len(golden) == 4 and all(np.isfinite(g["score"]) for g in golden)
+    assert len(golden) == 4 and all(g.score is not None and np.isfinite(g.score) for g in golden)
     images, recorded = reg.read_golden(v1, card)
     assert images.shape == (4, 32, 32, 3)
     np.testing.assert_allclose(reg.reference_scores(v1, list(images)), recorded, atol=1e-6)
-    assert card.model_extra is not None and card.model_extra["published"]["source_command"] == "linecam train (test)"
+    assert card.published is not None and card.published["source_command"] == "linecam train (test)"
     assert not [p for p in demo.iterdir() if p.name.startswith(".staging")]
 
 

@@ -85,6 +85,17 @@ def line_dict(model_dir: Path, runtime_dir: Path, cameras: int = 2, width: int =
     }
 
 
+def write_stub_card(model_dir: Path, threshold: float = 0.5) -> Path:
+    """A valid card without weights, for workers whose detectors are stubs: they read only its threshold."""
+    from linecam.grdnet.modeldir import ModelCard, write_card
+    from linecam.grdnet.profiles import get_profile
+
+    card = ModelCard(name="stub", version="", profile=get_profile("fast", image_size=MODEL_SIZE),
+                     input_size=(MODEL_SIZE, MODEL_SIZE), roi_variant="learned_silence", threshold=threshold)
+    write_card(model_dir, card)
+    return model_dir
+
+
 @pytest.fixture
 def make_config(short_dir: Path, tmp_path: Path) -> Callable[..., LineConfig]:
     """``make_config(model_dir=None, **line_dict kwargs) -> LineConfig`` rooted in a short runtime dir."""
@@ -93,7 +104,7 @@ def make_config(short_dir: Path, tmp_path: Path) -> Callable[..., LineConfig]:
         if model_dir is None:
             model_dir = tmp_path / "model"
             model_dir.mkdir(exist_ok=True)
-            (model_dir / "card.json").write_text('{"threshold": 0.5}')
+            write_stub_card(model_dir)
         return parse_config(line_dict(model_dir, short_dir, **kwargs), "test-config", tmp_path)
 
     return make
@@ -192,6 +203,7 @@ class Helpers:
     FailingDetector = FailingDetector
     SlowDetector = SlowDetector
     build_model_dir = staticmethod(build_model_dir)
+    write_stub_card = staticmethod(write_stub_card)
     free_port = staticmethod(free_port)
     line_dict = staticmethod(line_dict)
     rss_kib = staticmethod(rss_kib)

@@ -32,6 +32,7 @@ from linecam.backends.base import BackendSpec, BackendUnavailableError, Detectio
 from linecam.backends.inputs import check_images, check_masks
 from linecam.backends.modelfiles import ONNX_FP16_NAME, ONNX_NAME, read_card, verified_file
 from linecam.backends.onnxrt import INPUT_IMAGES, INPUT_MASK, OUTPUT_MAPS, OUTPUT_SCORES, to_rgb
+from linecam.files import atomic_write
 
 GPU_EXTRA_HINT = "tensorrt backend needs the 'gpu' extra (pip install 'linecam[gpu]': tensorrt, pycuda)"
 ENGINES_DIR = ".engines"
@@ -191,9 +192,7 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the TensorRT log above)")
-    tmp = plan_path.with_suffix(".plan.tmp")
-    tmp.write_bytes(bytes(serialized))
-    tmp.replace(plan_path)
+    atomic_write(plan_path, bytes(serialized), durable=True)
     timing_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     plan_path.with_suffix(".json").write_text(json.dumps(asdict(key), indent=2) + "\n")
     return plan_path

@@ -221,6 +221,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from linecam.decision import decide
     from linecam.grdnet.datasets import (
         DatasetError,
         image_to_tensor,
@@ -251,7 +252,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 prob = net(x)
             score, smooth = score_maps(prob.float(), fixed.to(dev) if fixed is not None else None)
             s = float(score[0])
-            decision = None if threshold is None else ("reject" if s >= threshold else "accept")
+            decision = None if threshold is None else decide(s, threshold)
             results.append({"path": str(path), "score": s, "threshold": threshold, "decision": decision})
             if args.heatmaps is not None:
                 _write_heatmap(args.heatmaps / f"{path.stem}_heatmap.png", rgb, smooth[0, 0].cpu().numpy(), np)

@@ -24,6 +24,7 @@ from scipy import ndimage, stats
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 from torch.utils.data import DataLoader
 
+from linecam.decision import rejects, threshold_for_escape, threshold_rejecting
 from linecam.grdnet.datasets import DatasetError, InspectionDataset, SampleRecord, list_records, list_splits
 
 ESCAPE_TARGETS = (0.0, 0.01)
@@ -178,13 +179,13 @@ def pixel_auroc(maps: np.ndarray, masks: np.ndarray, rois: np.ndarray | None = N
 
 
 def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """Best F1 over all thresholds and that threshold (images with score >= threshold are rejected)."""
+    """Best F1 over all thresholds and that threshold, for the line's rule (reject when score > threshold)."""
     labels = np.asarray(labels).astype(int)
     _check_binary(labels, "F1")
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
-    return float(f1[best]), float(thresholds[best])
+    return float(f1[best]), threshold_rejecting(thresholds[best])  # sklearn's thresholds reject from >= on
 
 
 def aupro(maps: np.ndarray, masks: np.ndarray, rois: np.ndarray | None = None, fpr_limit: float = 0.3) -> float:
@@ -235,23 +236,10 @@ def aupro(maps: np.ndarray, masks: np.ndarray, rois: np.ndarray | None = None, f
     return float(np.trapezoid(pro, fpr) / fpr_limit)
 
 
-def threshold_for_escape(labels: np.ndarray, scores: np.ndarray, escape: float) -> float:
-    """Highest threshold (reject if score >= t) whose escape rate on these samples is <= ``escape``.
-
-    Chosen on the calibration split: pharma lines set the escape budget first and pay for it in false rejects.
-    """
-    labels = np.asarray(labels).astype(int)
-    defect = np.sort(np.asarray(scores)[labels == 1])
-    if defect.size == 0:
-        raise ValueError("escape threshold: calibration split has no defective images")
-    allowed = int(math.floor(escape * defect.size + 1e-9))  # defects that may score below the threshold
-    return float(defect[min(allowed, defect.size - 1)])
-
-
 def rates_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
     """Accuracy, false-reject rate (good rejected) and escape rate (defect accepted) at one threshold."""
     labels = np.asarray(labels).astype(int)
-    reject = np.asarray(scores) >= threshold
+    reject = rejects(scores, threshold)
     good, bad = labels == 0, labels == 1
     return {
         "accuracy": float(np.mean(reject == bad)),
@@ -305,14 +293,14 @@ def compute_metrics(
             m[f"test_escape_rate_at_escape_{e:g}"] = r["escape_rate"]
     outside = np.array([k == "outside_roi" for k in test.kinds])
     if outside.any():
-        rejected, n_outside = int((test.scores[outside] >= thr).sum()), int(outside.sum())
+        rejected, n_outside = int(rejects(test.scores[outside], thr).sum()), int(outside.sum())
         m["outside_roi_false_reject_rate"] = rejected / n_outside
         m["outside_roi_false_reject_rate_ci95"] = list(rate_interval(rejected, n_outside))
         m["n_outside_roi"] = n_outside
     per_kind: dict[str, dict[str, float]] = {}
     for kind in sorted(set(test.kinds)):
         sel = np.array([k == kind for k in test.kinds])
-        per_kind[kind] = {"n": int(sel.sum()), "reject_rate": float((test.scores[sel] >= thr).mean()),
+        per_kind[kind] = {"n": int(sel.sum()), "reject_rate": float(rejects(test.scores[sel], thr).mean()),
                           "mean_score": float(test.scores[sel].mean())}
     m["per_kind"] = per_kind
     m["by_defect_area"] = detection_by_area(test, thr)
@@ -337,7 +325,7 @@ def detection_by_area(preds: Predictions, threshold: float,
         sel = defect & (areas >= lo) & ((areas < hi) if hi is not None else True)
         if sel.any():
             rows.append({"min_px": lo, "max_px": hi, "n": int(sel.sum()),
-                         "reject_rate": float((preds.scores[sel] >= threshold).mean())})
+                         "reject_rate": float(rejects(preds.scores[sel], threshold).mean())})
     return rows
 
 
@@ -350,7 +338,7 @@ def unseen_metrics(test: Predictions, unseen: Predictions, threshold: float) -> 
     labels = np.r_[good.labels, bad.labels]
     scores = np.r_[good.scores, bad.scores]
     out: dict[str, Any] = {"image_auroc": image_auroc(labels, scores),
-                           "detection_rate": float((bad.scores >= threshold).mean()), "n": int(bad.labels.size)}
+                           "detection_rate": float(rejects(bad.scores, threshold).mean()), "n": int(bad.labels.size)}
     both = Predictions(scores, np.concatenate([good.maps, bad.maps]), np.concatenate([good.masks, bad.masks]),
                        np.concatenate([good.rois, bad.rois]), labels)
     try:

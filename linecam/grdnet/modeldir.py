@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
+from linecam.files import atomic_write
 from linecam.grdnet.profiles import ModelProfile
 
 if TYPE_CHECKING:  # torch loads only where weights are read or written: the card alone is read by light tools
@@ -86,16 +87,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file under the real name."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _check_name(name: str) -> None:
     if not name or name in (".", "..") or "/" in name or "\\" in name or name == CARD_FILE:
         raise ModelDirError(f"invalid model directory file name {name!r}")
@@ -127,7 +118,7 @@ def write_card(path: str | os.PathLike[str], card: ModelCard) -> None:
                             "new version")
     unset = {name for name in ("golden", "published") if getattr(card, name) is None}  # working dirs: absent
     text = json.dumps(card.model_dump(mode="json", exclude=unset), indent=2, sort_keys=True) + "\n"
-    _atomic_write(Path(path) / CARD_FILE, text.encode())
+    atomic_write(Path(path) / CARD_FILE, text.encode(), durable=True)
 
 
 def read_card(path: str | os.PathLike[str]) -> ModelCard:
@@ -168,7 +159,7 @@ def save_model_dir(
             raise ModelDirError(f"extra file {name!r} would overwrite the weights")
         blobs[name] = data
     for name, data in blobs.items():
-        _atomic_write(out / name, data)
+        atomic_write(out / name, data, durable=True)
         files[name] = hashlib.sha256(data).hexdigest()
     written = card.model_copy(update={"files": files})
     write_card(out, written)

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from linecam.decision import rejects
 from linecam.grdnet.datasets import image_to_tensor, read_rgb, resize_rgb
 from linecam.grdnet.evaluate import Predictions
 from linecam.grdnet.model import GRDNet
@@ -70,7 +71,7 @@ def worst_cases(preds: Predictions, threshold: float, n: int) -> list[tuple[int,
     good = np.flatnonzero(preds.labels == 0)
     bad = np.flatnonzero(preds.labels == 1)
     for i in good[np.argsort(-preds.scores[good])][:n]:
-        out.append((int(i), "false reject" if preds.scores[i] >= threshold else "highest good"))
+        out.append((int(i), "false reject" if rejects(preds.scores[i], threshold) else "highest good"))
     for i in bad[np.argsort(preds.scores[bad])][:n]:
         out.append((int(i), "escape" if preds.scores[i] < threshold else "lowest defect"))
     return out

@@ -20,6 +20,10 @@ import cv2
 import numpy as np
 import yaml
 
+from linecam import decision
+from linecam.decision import rejects
+from linecam.files import atomic_write
+
 THRESHOLD_FILE = "threshold.json"
 SCORES_PLOT = "scores.png"
 ROI_FILE = "roi.png"
@@ -62,31 +66,25 @@ def _finite(x: float) -> float | None:
 
 def confusion(labels: np.ndarray, scores: np.ndarray, threshold: float) -> Confusion:
     labels = np.asarray(labels).astype(bool)
-    reject = np.asarray(scores, dtype=np.float64) > threshold
+    reject = rejects(scores, threshold)
     return Confusion(int((reject & labels).sum()), int((reject & ~labels).sum()), int((~reject & ~labels).sum()),
                      int((~reject & labels).sum()))
 
 
 def threshold_for_frr(labels: np.ndarray, scores: np.ndarray, target_frr: float) -> float:
-    """Lowest threshold whose false-reject rate on the good images is <= ``target_frr`` (reject if > t)."""
-    if not 0 <= target_frr < 1:
-        raise CalibrationError(f"--target-frr must be in [0, 1), got {target_frr}")
-    good = np.sort(np.asarray(scores, dtype=np.float64)[~np.asarray(labels).astype(bool)])
-    if good.size == 0:
-        raise CalibrationError("calibration split has no good images: cannot set a false-reject rate")
-    allowed = int(math.floor(target_frr * good.size + 1e-9))
-    return float(good[good.size - 1 - allowed])
+    """:func:`linecam.decision.threshold_for_frr`, its errors as CalibrationError."""
+    try:
+        return decision.threshold_for_frr(labels, scores, target_frr)
+    except ValueError as exc:
+        raise CalibrationError(str(exc)) from None
 
 
 def threshold_for_escape(labels: np.ndarray, scores: np.ndarray, target_escape: float) -> float:
-    """Highest threshold whose escape rate on the defective images is <= ``target_escape`` (reject if > t)."""
-    if not 0 <= target_escape < 1:
-        raise CalibrationError(f"--target-escape must be in [0, 1), got {target_escape}")
-    bad = np.sort(np.asarray(scores, dtype=np.float64)[np.asarray(labels).astype(bool)])
-    if bad.size == 0:
-        raise CalibrationError("calibration split has no defective images: cannot set an escape rate")
-    allowed = int(math.floor(target_escape * bad.size + 1e-9))
-    return float(np.nextafter(bad[allowed], -np.inf))
+    """:func:`linecam.decision.threshold_for_escape`, its errors as CalibrationError."""
+    try:
+        return decision.threshold_for_escape(labels, scores, target_escape)
+    except ValueError as exc:
+        raise CalibrationError(str(exc)) from None
 
 
 def score_split(model_dir: Path, data: Path, split: str = CALIBRATION_SPLIT,
@@ -167,9 +165,7 @@ def write_regions_threshold(folder: Path, threshold: float, model_name: str, ver
             previous[r["name"]] = (r.get("thresholds") or {}).get(version)
             r["thresholds"] = {**(r.get("thresholds") or {}), version: threshold}
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-    tmp.replace(path)
+    atomic_write(path, yaml.safe_dump(doc, sort_keys=False).encode(), durable=True)
     return previous
 
 
@@ -215,7 +211,7 @@ def calibrate_threshold(model_dir: Path, data: Path, out: Path | None, target_fr
     conf = confusion(labels, scores, threshold)
     name = model_name or model_card.name
     record = {
-        "threshold": threshold, "rule": "reject when score > threshold", "target": target,
+        "threshold": threshold, "rule": decision.RULE, "target": target,
         "model": {"name": model_card.name, "version": model_card.version,
                   "path": str(Path(model_dir).resolve())},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -52,6 +52,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from linecam.config import ArchiveConfig
+from linecam.files import atomic_write
 from linecam.runtime.messages import Verdict
 from linecam.runtime.rejects import BackgroundWriter, overlay
 
@@ -148,14 +149,6 @@ def day_of(verdict: Verdict) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.timezone.utc).strftime("%Y-%m-%d")
 
 
-def _atomic_write(path: Path, data: bytes) -> int:
-    """Write via a temporary name and rename: a reader or a crash never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return len(data)
-
-
 def _png(image: np.ndarray, what: Path) -> bytes:
     ok, buf = cv2.imencode(".png", image)
     if not ok:
@@ -179,12 +172,12 @@ def write_item(root: Path, item: ArchiveItem, save_maps: bool = True) -> tuple[P
     files: dict[str, Any] = {"image": None, "heatmap": None, "maps": {}}
     if item.image is not None:
         path = folder / f"{name}.png"
-        written += _atomic_write(path, _png(cv2.cvtColor(item.image, cv2.COLOR_RGB2BGR), path))
+        written += atomic_write(path, _png(cv2.cvtColor(item.image, cv2.COLOR_RGB2BGR), path))
         files["image"] = path.name
         if any(m is not None for _, m in item.regions.values()):
             path = folder / f"{name}{HEATMAP_SUFFIX}.png"
             heat = overlay(item.image, dict(item.regions), thresholds=dict(item.verdict.thresholds))
-            written += _atomic_write(path, _png(heat, path))
+            written += atomic_write(path, _png(heat, path))
             files["heatmap"] = path.name
     if save_maps:
         for region, (_, amap) in item.regions.items():
@@ -192,7 +185,7 @@ def write_item(root: Path, item: ArchiveItem, save_maps: bool = True) -> tuple[P
                 continue
             path = folder / f"{name}{MAP_INFIX}{_SAFE.sub('_', region)}.png"
             raw = np.rint(np.clip(np.asarray(amap, np.float32), 0.0, 1.0) * MAP_SCALE).astype(np.uint16)
-            written += _atomic_write(path, _png(raw, path))
+            written += atomic_write(path, _png(raw, path))
             files["maps"][region] = path.name
     record = {
         **v.model_dump(mode="json"),
@@ -209,7 +202,7 @@ def write_item(root: Path, item: ArchiveItem, save_maps: bool = True) -> tuple[P
         },
     }
     path = folder / f"{name}{VERDICT_SUFFIX}"
-    written += _atomic_write(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    written += atomic_write(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
     return path, written
 
 

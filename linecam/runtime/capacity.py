@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from linecam.config import FolderSourceConfig, GenicamSourceConfig, LineConfig, SyntheticSourceConfig
+from linecam.files import atomic_write
 
 CAPACITY_FILE = "infer-capacity.json"
 #: share of the measured throughput a fitted demo plans for: queueing at a busy worker pushes latency
@@ -48,9 +49,7 @@ class Capacity:
 def write_capacity(folder: Path, capacity: Capacity) -> Path:
     """Write ``folder/infer-capacity.json`` (atomically: the supervisor may read it at any moment)."""
     path = folder / CAPACITY_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(asdict(capacity)) + "\n")
-    tmp.replace(path)
+    atomic_write(path, (json.dumps(asdict(capacity)) + "\n").encode())
     return path
 
 

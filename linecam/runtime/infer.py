@@ -31,6 +31,7 @@ import zmq
 from linecam.backends.base import Detector, create_detector
 from linecam.config import ConfigError, LineConfig
 from linecam.config.regions import RegionConfig
+from linecam.decision import decide
 from linecam.runtime import sdnotify
 from linecam.runtime.archive import ArchiveError, ArchiveWriter
 from linecam.runtime.capacity import Capacity, write_capacity
@@ -563,7 +564,7 @@ class InferWorker:
         thresholds = {r.config.name: r.threshold for r in regions}
         if item.reason:
             decision, reason = "reject", item.reason
-        elif any(item.scores[r.config.name] > r.threshold for r in regions):
+        elif any(decide(item.scores[r.config.name], r.threshold) == "reject" for r in regions):
             decision, reason = "reject", "anomaly"
         else:
             decision, reason = "accept", "ok"

@@ -117,12 +117,18 @@ def test_aupro_random_vs_bruteforce_and_roi() -> None:
 def test_escape_threshold_and_rates() -> None:
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     scores = np.array([0.1, 0.2, 0.6, 0.3, 0.5, 0.7, 0.8, 0.9])
+    # The line's one rule (linecam.decision): reject when score > threshold, so the threshold that lets no
+    # defect pass lies just below the lowest defect score, as linecam calibrate chooses it.
     t0 = threshold_for_escape(labels, scores, 0.0)
-    assert t0 == 0.5
+    assert t0 == np.nextafter(0.5, -np.inf)
     r = rates_at(labels, scores, t0)
     assert r == {"accuracy": pytest.approx(7 / 8), "false_reject_rate": 0.25, "escape_rate": 0.0}
-    assert threshold_for_escape(labels, scores, 0.25) == 0.7  # one of four defects may pass
-    assert rates_at(labels, scores, 0.7)["escape_rate"] == 0.25
+    t25 = threshold_for_escape(labels, scores, 0.25)  # one of four defects may pass
+    assert t25 == np.nextafter(0.7, -np.inf) and rates_at(labels, scores, t25)["escape_rate"] == 0.25
+    assert rates_at(labels, scores, 0.7)["escape_rate"] == 0.5  # a score equal to the threshold is accepted
+    from linecam.lifecycle.calibrate import threshold_for_escape as calibrate_escape
+
+    assert calibrate_escape(labels, scores, 0.25) == t25  # one function: eval and calibrate agree
 
 
 def _preds(labels: list[int], scores: list[float], kinds: list[str]) -> Predictions:
@@ -144,9 +150,10 @@ def test_compute_metrics_thresholds_come_from_calibration(tmp_path: Path) -> Non
     calib = _preds([0, 0, 1, 1], [0.1, 0.3, 0.4, 0.9], ["good", "good", "scratch", "scratch"])
     test = _preds([0, 0, 0, 1, 1], [0.2, 0.35, 0.95, 0.5, 0.45], ["good", "good", "outside_roi", "scratch", "scratch"])
     cal = calibrate(calib)
-    assert cal["threshold"] == 0.4  # best F1 on calibration (perfect split at 0.4)
+    just_below = np.nextafter(0.4, -np.inf)  # the line rejects score > threshold: 0.4 itself is rejected
+    assert cal["threshold"] == just_below  # best F1 on calibration (perfect split at 0.4)
     m = compute_metrics(test, calib)
-    assert m["threshold"] == 0.4  # not re-chosen on test
+    assert m["threshold"] == just_below  # not re-chosen on test
     assert m["image_auroc"] == pytest.approx(roc_auc_score(test.labels, test.scores))
     assert m["outside_roi_false_reject_rate"] == 1.0  # the one outside_roi image scores 0.95 >= 0.4
     assert m["outside_roi_false_reject_rate_ci95"] == pytest.approx([0.025, 1.0])  # 1 of 1: lower = 0.025
@@ -162,7 +169,7 @@ def test_compute_metrics_thresholds_come_from_calibration(tmp_path: Path) -> Non
         assert 0.0 <= m[k] <= 1.0
     out = tmp_path / "m.json"
     write_metrics_json(out, m)
-    assert json.loads(out.read_text())["threshold"] == 0.4
+    assert json.loads(out.read_text())["threshold"] == just_below
     with pytest.raises(ValueError, match="calibration split or an explicit threshold"):
         compute_metrics(test, None)
 

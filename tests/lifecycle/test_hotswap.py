@@ -49,7 +49,7 @@ def _batch(n: int, seq0: int = 0) -> list[tuple[list[Any], int]]:
 
 
 def _count(worker: InferWorker, result: str) -> float:
-    return float(worker.swap_counter.labels(model="demo", result=result)._value.get())
+    return float(worker.models.swap_counter.labels(model="demo", result=result)._value.get())
 
 
 @pytest.fixture
@@ -68,9 +68,9 @@ def test_swap_between_batches_then_commit(demo: Path, tmp_path: Path) -> None:
         before = worker.process_batch(_batch(2))
         assert {v.model_version for v in before} == {"demo/1"}
         assert {v.thresholds["vial"] for v in before} == {0.5}
-        assert worker.watchers["demo"].check() is None  # pointer unchanged: nothing to do
+        assert worker.models.watchers["demo"].check() is None  # pointer unchanged: nothing to do
         reg.set_current(demo, "2")
-        candidate = worker.watchers["demo"].check()
+        candidate = worker.models.watchers["demo"].check()
         assert candidate is not None and candidate.version == "2" and candidate.golden_max_diff <= 0.02
         assert worker.process_batch(_batch(2, 2))[0].model_version == "demo/1"  # not swapped until asked
         assert worker.apply_swaps() == ["demo"]
@@ -79,7 +79,7 @@ def test_swap_between_batches_then_commit(demo: Path, tmp_path: Path) -> None:
         assert {v.thresholds["vial"] for v in after} == {0.6}  # the new card's threshold comes with it
         assert _count(worker, "swapped") == 1 and _count(worker, "committed") == 0
         worker.process_batch(_batch(2, 6))  # 4 frames served: probation over, previous released
-        assert _count(worker, "committed") == 1 and not worker._probation
+        assert _count(worker, "committed") == 1 and not worker.models.probation
     finally:
         worker.close()
 
@@ -95,9 +95,9 @@ def test_threshold_follows_the_version(demo: Path, tmp_path: Path, region: dict[
     try:
         assert {v.thresholds["vial"] for v in worker.process_batch(_batch(2))} == {expected[0]}
         reg.set_current(demo, "2")
-        assert worker.watchers["demo"].check() is not None and worker.apply_swaps() == ["demo"]
+        assert worker.models.watchers["demo"].check() is not None and worker.apply_swaps() == ["demo"]
         assert {v.thresholds["vial"] for v in worker.process_batch(_batch(2, 2))} == {expected[1]}
-        worker._roll_back("demo", "test")  # rollback restores the previous version's threshold too
+        worker.models.roll_back("demo", "test")  # rollback restores the previous version's threshold too
         assert {v.thresholds["vial"] for v in worker.process_batch(_batch(2, 4))} == {expected[0]}
     finally:
         worker.close()
@@ -111,12 +111,12 @@ def test_tampered_version_is_refused(demo: Path, tmp_path: Path, caplog: pytest.
     worker = _worker(demo, tmp_path)
     try:
         (demo / "CURRENT").write_text("2\n")  # someone bypassed `models promote`
-        assert worker.watchers["demo"].check() is None
+        assert worker.models.watchers["demo"].check() is None
         assert worker.apply_swaps() == []
         assert _count(worker, "refused_hash") == 1
         assert "version 2 REFUSED" in caplog.text and "weights.pt" in caplog.text
         assert worker.process_batch(_batch(1))[0].model_version == "demo/1"
-        assert worker.watchers["demo"].check() is None and _count(worker, "refused_hash") == 1  # not retried
+        assert worker.models.watchers["demo"].check() is None and _count(worker, "refused_hash") == 1  # not retried
         assert (demo / "CURRENT").read_text() == "2\n"  # the worker never rewrites the pointer
     finally:
         worker.close()
@@ -130,7 +130,7 @@ def test_golden_mismatch_is_refused(demo: Path, tmp_path: Path, caplog: pytest.L
     worker = _worker(demo, tmp_path)
     try:
         reg.set_current(demo, "2")
-        assert worker.watchers["demo"].check() is None
+        assert worker.models.watchers["demo"].check() is None
         assert _count(worker, "refused_golden") == 1
         assert "golden scores" in caplog.text
         assert worker.process_batch(_batch(1))[0].model_version == "demo/1"
@@ -165,7 +165,7 @@ def test_failure_in_probation_rolls_back_and_redoes_the_batch(demo: Path, tmp_pa
     worker = _worker(demo, tmp_path, detector_factory=factory)
     try:
         reg.set_current(demo, "2")
-        assert worker.watchers["demo"].check() is not None
+        assert worker.models.watchers["demo"].check() is not None
         assert worker.apply_swaps() == ["demo"]
         _BreaksInService.armed[0] = True
         verdicts = worker.process_batch(_batch(2))
@@ -174,7 +174,7 @@ def test_failure_in_probation_rolls_back_and_redoes_the_batch(demo: Path, tmp_pa
         assert _count(worker, "rolled_back") == 1
         assert "FAILED in service" in caplog.text
         assert reg.read_current(demo) == "2"  # pointer untouched
-        assert worker.watchers["demo"].check() is None  # not re-loaded while CURRENT stays on the bad one
+        assert worker.models.watchers["demo"].check() is None  # not re-loaded while CURRENT stays on the bad one
         assert worker.process_batch(_batch(1))[0].model_version == "demo/1"
     finally:
         _BreaksInService.armed[0] = False

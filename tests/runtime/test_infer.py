@@ -20,7 +20,7 @@ import yaml
 import zmq
 
 from linecam.runtime.audit import read_audit
-from linecam.runtime.infer import InferWorker, load_detectors
+from linecam.runtime.infer import InferWorker
 from linecam.runtime.messages import (
     Announcement,
     FrameHeader,
@@ -30,6 +30,7 @@ from linecam.runtime.messages import (
     encode_frame,
     now_ns,
 )
+from linecam.runtime.modelset import load_detectors
 from linecam.runtime.transport import event_pull_bind, event_push, frame_push
 
 REGIONS = [{"name": "left", "box": [0, 0, 32, 64], "model": "demo"},

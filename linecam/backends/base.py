@@ -7,7 +7,6 @@ register themselves with :func:`register_backend`; nothing in this package branc
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from linecam.plugins import Registry
+
 __all__ = [
+    "BACKENDS",
     "BackendSpec",
     "BackendUnavailableError",
     "Detection",
@@ -83,40 +85,25 @@ class BackendSpec:
     description: str = ""
 
 
-_REGISTRY: dict[str, BackendSpec] = {}
-
-# Modules that register the built-in backends on import. Each must import without optional GPU packages.
-_BUILTIN_MODULES = (
-    "linecam.backends.torch_cpu",
-    "linecam.backends.onnxrt",
-    "linecam.backends.torch_cuda",
-    "linecam.backends.tensorrt_backend",
-)
-_builtins_loaded = False
+#: the backends by name. Built-ins are registered by reference and imported on first use (each module must
+#: import without the optional GPU packages); third parties call :func:`register_backend`.
+BACKENDS: Registry[BackendSpec] = Registry("backend")
+for _name, _target in (("torch-cpu", "linecam.backends.torch_cpu:SPEC"),
+                       ("onnxruntime", "linecam.backends.onnxrt:SPEC"),
+                       ("torch-cuda", "linecam.backends.torch_cuda:SPEC"),
+                       ("tensorrt", "linecam.backends.tensorrt_backend:SPEC")):
+    BACKENDS.add(_name, _target)
 
 
 def register_backend(spec: BackendSpec) -> BackendSpec:
-    """Add a backend to the registry (third-party backends call this too). Names must be unique."""
-    existing = _REGISTRY.get(spec.name)
-    if existing is not None and existing.factory is not spec.factory:
-        raise ValueError(f"backend {spec.name!r} is already registered by {existing.factory!r}")
-    _REGISTRY[spec.name] = spec
+    """Add a backend to the registry (third-party backends call this). Names must be unique."""
+    BACKENDS.add(spec.name, spec)
     return spec
-
-
-def _load_builtins() -> None:
-    global _builtins_loaded
-    if _builtins_loaded:
-        return
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-    _builtins_loaded = True
 
 
 def backend_specs() -> dict[str, BackendSpec]:
     """All registered backends, available here or not, by name."""
-    _load_builtins()
-    return dict(_REGISTRY)
+    return BACKENDS.load_all()
 
 
 def available_backends(model_dir: str | Path | None = None) -> list[str]:

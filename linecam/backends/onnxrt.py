@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from linecam.backends.base import BackendSpec, BackendUnavailableError, Detection, register_backend
+from linecam.backends.base import BackendSpec, BackendUnavailableError, Detection
 from linecam.backends.inputs import check_images, check_masks
 from linecam.backends.modelfiles import ONNX_NAME, read_card, verified_file
 
@@ -140,12 +140,10 @@ def _probe(model_dir: Path | None) -> str | None:
     return None
 
 
-SPEC = register_backend(
-    BackendSpec(
-        name="onnxruntime",
-        factory=open_onnxruntime,
-        probe=_probe,
-        speed_rank=10,
-        description="onnxruntime (CPU, or CUDA with onnxruntime-gpu) on the exported model.onnx",
-    )
+SPEC = BackendSpec(
+    name="onnxruntime",
+    factory=open_onnxruntime,
+    probe=_probe,
+    speed_rank=10,
+    description="onnxruntime (CPU, or CUDA with onnxruntime-gpu) on the exported model.onnx",
 )

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from linecam.backends.base import BackendSpec, BackendUnavailableError, Detection, register_backend
+from linecam.backends.base import BackendSpec, BackendUnavailableError, Detection
 from linecam.backends.inputs import check_images, check_masks
 from linecam.backends.modelfiles import ONNX_FP16_NAME, ONNX_NAME, read_card, verified_file
 from linecam.backends.onnxrt import INPUT_IMAGES, INPUT_MASK, OUTPUT_MAPS, OUTPUT_SCORES, to_rgb
@@ -374,12 +374,10 @@ def _probe(model_dir: Path | None) -> str | None:
     return None
 
 
-SPEC = register_backend(
-    BackendSpec(
-        name="tensorrt",
-        factory=open_tensorrt,
-        probe=_probe,
-        speed_rank=40,
-        description="TensorRT engine built from model.fp16.onnx on the target GPU",
-    )
+SPEC = BackendSpec(
+    name="tensorrt",
+    factory=open_tensorrt,
+    probe=_probe,
+    speed_rank=40,
+    description="TensorRT engine built from model.fp16.onnx on the target GPU",
 )

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from linecam.backends.base import BackendSpec, register_backend
+from linecam.backends.base import BackendSpec
 from linecam.backends.graph import InferenceGraph
 from linecam.backends.torch_common import TorchGraphDetector, load_grdnet
 from linecam.hardware import native_bf16, why_fp32_is_faster, why_no_bf16
@@ -165,12 +165,10 @@ def _probe(model_dir: Path | None) -> str | None:
     return None  # torch itself is a hard dependency; the CPU is always there
 
 
-SPEC = register_backend(
-    BackendSpec(
-        name="torch-cpu",
-        factory=open_torch_cpu,
-        probe=_probe,
-        speed_rank=20,
-        description="PyTorch on CPU, bf16 channels_last (AMX) with jit trace+freeze",
-    )
+SPEC = BackendSpec(
+    name="torch-cpu",
+    factory=open_torch_cpu,
+    probe=_probe,
+    speed_rank=20,
+    description="PyTorch on CPU, bf16 channels_last (AMX) with jit trace+freeze",
 )

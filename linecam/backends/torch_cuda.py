@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from linecam.backends.base import BackendSpec, BackendUnavailableError, register_backend
+from linecam.backends.base import BackendSpec, BackendUnavailableError
 from linecam.backends.graph import InferenceGraph
 from linecam.backends.torch_common import TorchGraphDetector, load_grdnet
 
@@ -191,12 +191,10 @@ def _probe(model_dir: Path | None) -> str | None:
     return None
 
 
-SPEC = register_backend(
-    BackendSpec(
-        name="torch-cuda",
-        factory=open_torch_cuda,
-        probe=_probe,
-        speed_rank=30,
-        description="PyTorch on CUDA, fp16 channels_last, CUDA graphs per batch bucket",
-    )
+SPEC = BackendSpec(
+    name="torch-cuda",
+    factory=open_torch_cuda,
+    probe=_probe,
+    speed_rank=30,
+    description="PyTorch on CUDA, fp16 channels_last, CUDA graphs per batch bucket",
 )

@@ -29,7 +29,7 @@ from linecam.runtime import sdnotify
 from linecam.runtime.audit import AuditLog
 from linecam.runtime.messages import Announcement, BadMessage, Overload, Verdict, decode_event, now_ns
 from linecam.runtime.metrics import LineMetrics, start_metrics_server
-from linecam.runtime.plc.base import PlcLink, PlcResult, create_plc_link
+from linecam.runtime.plc import PlcLink, PlcResult, create_plc_link
 from linecam.runtime.signals import stop_on_signals
 from linecam.runtime.transport import event_pull_bind, stop_authenticators
 

@@ -1,4 +1,4 @@
-"""What the gate hands to a PLC link, and how a link is chosen from the config.
+"""What the gate hands to a PLC link (the ``PlcLink`` protocol and ``PlcResult``).
 
 Why a protocol: the gate decides; how the decision reaches the machine (Modbus registers, a log for a dry
 run, later perhaps OPC UA) is a plug-in picked by ``gate.plc.kind``. A link never blocks the gate for
@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
-
-from linecam.config import LogPlcConfig, ModbusPlcConfig
-from linecam.runtime.metrics import LineMetrics
 
 
 @dataclass(frozen=True)
@@ -43,14 +40,3 @@ class PlcLink(Protocol):
 
     def close(self) -> None:
         ...
-
-
-def create_plc_link(cfg: LogPlcConfig | ModbusPlcConfig, metrics: LineMetrics | None = None) -> PlcLink:
-    """Build the link the config names."""
-    if isinstance(cfg, ModbusPlcConfig):
-        from linecam.runtime.plc.modbus import ModbusLink
-
-        return ModbusLink(cfg, metrics)
-    from linecam.runtime.plc.log import LogLink
-
-    return LogLink.from_config(cfg, metrics)

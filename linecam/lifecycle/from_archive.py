@@ -50,8 +50,8 @@ from linecam.runtime.archive import (
     is_sidecar,
 )
 
-__all__ = ["FromArchiveResult", "RegionCrop", "ReviewedImage", "build_dataset", "collect_reviewed",
-           "count_unreviewed", "region_crop"]
+__all__ = ["DatasetPlan", "FromArchiveResult", "RegionCrop", "ReviewedImage", "build_dataset", "check_reviewed",
+           "collect_reviewed", "count_unreviewed", "region_crop", "write_planned"]
 
 _KIND = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 GENERATOR = "linecam dataset from-archive"
@@ -247,24 +247,27 @@ def _bbox(mask: np.ndarray) -> list[int]:
     return [int(x), int(y), int(w), int(h)]
 
 
-def build_dataset(archive: str | Path, out: str | Path, val_share: float = 0.2, seed: int = 0,
-                  roi: str | Path | None = None, require_masks: bool = False,
-                  region: RegionCrop | None = None) -> FromArchiveResult:
-    """Turn ``<archive>/reviewed/`` into a linecam dataset at ``out`` (which must not exist or be empty);
-    with ``region``, a dataset of that inspection region's crops."""
-    archive, out = Path(archive), Path(out)
-    if not 0.0 <= val_share < 1.0:
-        raise ArchiveError([f"--val-share {val_share}: must be in [0, 1) (train needs good images)"])
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ArchiveError([f"{out}: output exists and is not an empty folder; choose a new one"])
-    images, ignored = collect_reviewed(archive)
-    problems: list[str] = []
-    if not any(i.kind == "good" for i in images):
-        problems.append(f"{archive / REVIEWED_DIR / 'good'}: no reviewed good images (GRD-Net trains on good "
-                        "images only)")
+@dataclass
+class DatasetPlan:
+    """What pass 1 found, checked: the images to write, their common size, the crop, the ROI and the masks."""
 
-    # pass 1: read and check everything; nothing is written while a problem remains
-    sizes: Counter[tuple[int, int]] = Counter()
+    keep: list[ReviewedImage]
+    size: tuple[int, int]  # (h, w) of the reviewed frames
+    box: tuple[int, int, int, int] | None  # the region's box, None for the full frame
+    roi_mask: np.ndarray  # (h, w) of the crop, 0/255
+    masks: dict[Path, np.ndarray]  # cropped defect masks drawn by the reviewer
+    duplicates: list[str] = field(default_factory=list)
+    other_region: list[str] = field(default_factory=list)
+
+    @property
+    def crop_hw(self) -> tuple[int, int]:
+        return (self.box[3], self.box[2]) if self.box is not None else self.size
+
+
+def _unique_readable(images: list[ReviewedImage], problems: list[str]
+                     ) -> tuple[list[ReviewedImage], dict[Path, tuple[int, int]], list[str]]:
+    """The readable images without pixel-identical repeats -> (kept, size of each, duplicates); a repeat with
+    another label is a problem, since one of the two labels is wrong."""
     shape_of: dict[Path, tuple[int, int]] = {}
     first_of_hash: dict[str, ReviewedImage] = {}
     keep: list[ReviewedImage] = []
@@ -273,7 +276,6 @@ def build_dataset(archive: str | Path, out: str | Path, val_share: float = 0.2, 
         img = _read_rgb_bgr(rec.path, problems)
         if img is None:
             continue
-        hw = (int(img.shape[0]), int(img.shape[1]))
         digest = hashlib.sha1(img.tobytes() + repr(img.shape).encode()).hexdigest()
         seen = first_of_hash.get(digest)
         if seen is not None:
@@ -284,31 +286,32 @@ def build_dataset(archive: str | Path, out: str | Path, val_share: float = 0.2, 
                 duplicates.append(f"{rec.path} = {seen.path}")
             continue
         first_of_hash[digest] = rec
-        sizes[hw] += 1
-        shape_of[rec.path] = hw
+        shape_of[rec.path] = (int(img.shape[0]), int(img.shape[1]))
         keep.append(rec)
-    if not sizes:  # nothing readable: the problems above say why
-        raise ArchiveError(problems or [f"{archive / REVIEWED_DIR}: no reviewed images"])
-    size = sizes.most_common(1)[0][0]
-    for rec in keep:
-        if shape_of[rec.path] != size:
-            h, w = shape_of[rec.path]
-            problems.append(f"{rec.path}: {w}x{h} differs from the other reviewed images ({size[1]}x{size[0]}); "
-                            "a dataset holds one camera's frames")
-    box = region.box if region is not None else None
-    if region is not None and (region.box[0] + region.box[2] > size[1] or region.box[1] + region.box[3] > size[0]):
-        raise ArchiveError(problems + [f"region {region.name!r} box {list(region.box)} does not fit the "
-                                       f"{size[1]}x{size[0]} reviewed frames"])
+    return keep, shape_of, duplicates
+
+
+def _crop_roi(roi: str | Path | None, region: RegionCrop | None, size: tuple[int, int],
+              box: tuple[int, int, int, int] | None, problems: list[str]) -> np.ndarray | None:
+    """The ROI of the crop: the region's own mask, else the frame ROI cropped to the box, else everything."""
     crop_hw = (box[3], box[2]) if box is not None else size
     if region is not None and region.roi is not None:
-        roi_mask = _read_binary(region.roi, crop_hw, f"mask of region {region.name!r}", None, problems)
-    elif roi is not None:
+        return _read_binary(region.roi, crop_hw, f"mask of region {region.name!r}", None, problems)
+    if roi is not None:
         frame_roi = _read_binary(Path(roi), size, "ROI", None, problems)
         roi_mask = _crop(frame_roi, box) if frame_roi is not None else None
         if roi_mask is not None and not roi_mask.any():
             problems.append(f"{roi}: the ROI has no pixel inside region box {list(box or ())}")
-    else:
-        roi_mask = np.full(crop_hw, 255, np.uint8)
+        return roi_mask
+    return np.full(crop_hw, 255, np.uint8)
+
+
+def _defect_masks(keep: list[ReviewedImage], shape_of: dict[Path, tuple[int, int]], size: tuple[int, int],
+                  region: RegionCrop | None, roi_mask: np.ndarray | None, require_masks: bool,
+                  problems: list[str]) -> tuple[dict[Path, np.ndarray], list[str]]:
+    """The cropped mask of every reviewed defect (checked against the ROI for outside_roi) -> (masks, the
+    defects of other regions); the latter are removed from ``keep``."""
+    box = region.box if region is not None else None
     masks: dict[Path, np.ndarray] = {}
     other_region: list[str] = []
     for rec in list(keep):
@@ -340,46 +343,85 @@ def build_dataset(archive: str | Path, out: str | Path, val_share: float = 0.2, 
                             "the ROI cannot stand in for a defect that lies outside it")
         elif require_masks:
             problems.append(f"{rec.path}: defect mask missing ({rec.path.stem}{MASK_SUFFIX}.png; --require-masks)")
+    return masks, other_region
+
+
+def check_reviewed(archive: Path, images: list[ReviewedImage], roi: str | Path | None = None,
+                   require_masks: bool = False, region: RegionCrop | None = None) -> DatasetPlan:
+    """Pass 1: read and check every reviewed image, ROI and mask; ArchiveError listing every problem (each
+    naming its file) when one remains. Nothing is written."""
+    problems: list[str] = []
+    if not any(i.kind == "good" for i in images):
+        problems.append(f"{archive / REVIEWED_DIR / 'good'}: no reviewed good images (GRD-Net trains on good "
+                        "images only)")
+    keep, shape_of, duplicates = _unique_readable(images, problems)
+    sizes = Counter(shape_of[r.path] for r in keep)
+    if not sizes:  # nothing readable: the problems above say why
+        raise ArchiveError(problems or [f"{archive / REVIEWED_DIR}: no reviewed images"])
+    size = sizes.most_common(1)[0][0]
+    for rec in keep:
+        if shape_of[rec.path] != size:
+            h, w = shape_of[rec.path]
+            problems.append(f"{rec.path}: {w}x{h} differs from the other reviewed images ({size[1]}x{size[0]}); "
+                            "a dataset holds one camera's frames")
+    box = region.box if region is not None else None
+    if region is not None and (region.box[0] + region.box[2] > size[1] or region.box[1] + region.box[3] > size[0]):
+        raise ArchiveError(problems + [f"region {region.name!r} box {list(region.box)} does not fit the "
+                                       f"{size[1]}x{size[0]} reviewed frames"])
+    roi_mask = _crop_roi(roi, region, size, box, problems)
+    masks, other_region = _defect_masks(keep, shape_of, size, region, roi_mask, require_masks, problems)
     if problems:
         raise ArchiveError(problems)
     assert roi_mask is not None
+    return DatasetPlan(keep, size, box, roi_mask, masks, duplicates, other_region)
 
-    # pass 2: write
-    good = [r for r in keep if r.kind == "good"]
-    train_good, val_good = _split_good(good, val_share, seed)
-    plan = [("train", r) for r in train_good] + [("val", r) for r in val_good]
-    plan += [("val", r) for r in keep if r.kind != "good"]
+
+def _write_image(out: Path, archive: Path, split: str, rec: ReviewedImage, n: int, plan: DatasetPlan
+                 ) -> tuple[dict[str, Any], bool]:
+    """Write one image with its ROI (and mask) -> (its labels.jsonl entry, whether its mask is the ROI)."""
+    rel = Path(split) / rec.kind / f"{n:04d}.png"
+    for folder in ("", "roi", "ground_truth"):
+        if folder != "ground_truth" or rec.kind != "good":
+            (out / folder / rel).parent.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    img = _read_rgb_bgr(rec.path, problems)
+    if img is None:  # changed since pass 1
+        raise ArchiveError(problems)
+    cv2.imwrite(str(out / rel), _crop(img, plan.box))
+    cv2.imwrite(str(out / "roi" / rel), plan.roi_mask)
+    entry: dict[str, Any] = {"path": str(rel), "split": split, "kind": rec.kind,
+                             "line_label": "good" if rec.kind in GOOD_KINDS else "defect",
+                             "mask": None, "roi": str(Path("roi") / rel), "defects": [],
+                             "source": str(rec.path.relative_to(archive))}
+    from_roi = False
+    if rec.kind != "good":
+        mask = plan.masks.get(rec.path)
+        if mask is None:
+            mask, entry["mask_source"], from_roi = plan.roi_mask, "roi", True
+        else:
+            entry["mask_source"] = "file"
+        cv2.imwrite(str(out / "ground_truth" / rel), mask)
+        entry["mask"] = str(Path("ground_truth") / rel)
+        entry["defects"] = [{"kind": rec.kind, "bbox": _bbox(mask)}]
+    return entry, from_roi
+
+
+def write_planned(plan: DatasetPlan, archive: Path, out: Path, ignored: list[str], val_share: float = 0.2,
+                  seed: int = 0, roi: str | Path | None = None, region: RegionCrop | None = None
+                  ) -> FromArchiveResult:
+    """Pass 2: write the checked plan as a linecam dataset (good split into train/val, defects into val), its
+    index and manifest, then verify it with the dataset checker."""
+    train_good, val_good = _split_good([r for r in plan.keep if r.kind == "good"], val_share, seed)
+    order = [("train", r) for r in train_good] + [("val", r) for r in val_good]
+    order += [("val", r) for r in plan.keep if r.kind != "good"]
     numbers: Counter[tuple[str, str]] = Counter()
     lines: list[str] = []
     masks_from_roi = 0
     out.mkdir(parents=True, exist_ok=True)
-    for split, rec in plan:
-        n = numbers[(split, rec.kind)]
+    for split, rec in order:
+        entry, from_roi = _write_image(out, archive, split, rec, numbers[(split, rec.kind)], plan)
         numbers[(split, rec.kind)] += 1
-        rel = Path(split) / rec.kind / f"{n:04d}.png"
-        for folder in ("", "roi", "ground_truth"):
-            if folder != "ground_truth" or rec.kind != "good":
-                (out / folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        problems_w: list[str] = []
-        img = _read_rgb_bgr(rec.path, problems_w)
-        if img is None:  # changed since pass 1
-            raise ArchiveError(problems_w)
-        cv2.imwrite(str(out / rel), _crop(img, box))
-        cv2.imwrite(str(out / "roi" / rel), roi_mask)
-        entry: dict[str, Any] = {"path": str(rel), "split": split, "kind": rec.kind,
-                                 "line_label": "good" if rec.kind in GOOD_KINDS else "defect",
-                                 "mask": None, "roi": str(Path("roi") / rel), "defects": [],
-                                 "source": str(rec.path.relative_to(archive))}
-        if rec.kind != "good":
-            mask = masks.get(rec.path)
-            if mask is None:
-                mask, entry["mask_source"] = roi_mask, "roi"
-                masks_from_roi += 1
-            else:
-                entry["mask_source"] = "file"
-            cv2.imwrite(str(out / "ground_truth" / rel), mask)
-            entry["mask"] = str(Path("ground_truth") / rel)
-            entry["defects"] = [{"kind": rec.kind, "bbox": _bbox(mask)}]
+        masks_from_roi += from_roi
         lines.append(json.dumps(entry, sort_keys=True))
     counts: dict[str, dict[str, int]] = {}
     for (split, kind), n in sorted(numbers.items()):
@@ -393,15 +435,15 @@ def build_dataset(archive: str | Path, out: str | Path, val_share: float = 0.2, 
         "source_archive": str(archive.resolve()),
         "seed": seed,
         "val_share": val_share,
-        "image_size": list(crop_hw),
+        "image_size": list(plan.crop_hw),
         "region": {"name": region.name, "box": list(region.box)} if region is not None else None,
         "channels": 3,
         "roi": str(Path(roi).resolve()) if roi is not None else "full frame",
-        "defect_kinds": sorted({r.kind for r in keep if r.kind not in GOOD_KINDS}),
+        "defect_kinds": sorted({r.kind for r in plan.keep if r.kind not in GOOD_KINDS}),
         "unseen_kinds": [],
         "splits": counts,
         "masks_from_roi": masks_from_roi,
-        "skipped": {"unreviewed": unreviewed, "duplicates": len(duplicates), "ignored_files": len(ignored)},
+        "skipped": {"unreviewed": unreviewed, "duplicates": len(plan.duplicates), "ignored_files": len(ignored)},
     }
     (out / "dataset.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     try:
@@ -409,6 +451,22 @@ def build_dataset(archive: str | Path, out: str | Path, val_share: float = 0.2, 
     except DatasetError as exc:  # a bug here, not the reviewer's: say so with the checker's list
         raise ArchiveError([f"{out}: the written dataset fails its check (please report): {p}"
                             for p in exc.problems]) from None
-    return FromArchiveResult(out=out, counts=counts, unreviewed=unreviewed, duplicates=duplicates,
+    return FromArchiveResult(out=out, counts=counts, unreviewed=unreviewed, duplicates=plan.duplicates,
                              ignored=ignored, masks_from_roi=masks_from_roi, check=report,
-                             other_region=other_region)
+                             other_region=plan.other_region)
+
+
+def build_dataset(archive: str | Path, out: str | Path, val_share: float = 0.2, seed: int = 0,
+                  roi: str | Path | None = None, require_masks: bool = False,
+                  region: RegionCrop | None = None) -> FromArchiveResult:
+    """Turn ``<archive>/reviewed/`` into a linecam dataset at ``out`` (which must not exist or be empty);
+    with ``region``, a dataset of that inspection region's crops. Everything is checked before the first
+    file is written (:func:`check_reviewed`), then written (:func:`write_planned`)."""
+    archive, out = Path(archive), Path(out)
+    if not 0.0 <= val_share < 1.0:
+        raise ArchiveError([f"--val-share {val_share}: must be in [0, 1) (train needs good images)"])
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArchiveError([f"{out}: output exists and is not an empty folder; choose a new one"])
+    images, ignored = collect_reviewed(archive)
+    plan = check_reviewed(archive, images, roi, require_masks, region)
+    return write_planned(plan, archive, out, ignored, val_share, seed, roi, region)

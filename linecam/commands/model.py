@@ -159,8 +159,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from linecam.grdnet.datasets import DatasetError, read_binary_mask, resize_mask
-    from linecam.grdnet.evaluate import evaluate_model, prepare_for_inference, summary_line, write_metrics_json
+    from linecam.grdnet.datasets import DatasetError
+    from linecam.grdnet.evaluate import evaluate_model, summary_line, write_metrics_json
     from linecam.grdnet.modeldir import ModelDirError, load_model_dir, published_record, write_card
 
     if args.store and args.no_store:
@@ -169,11 +169,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _err(f"{args.model} is a published model version: its card is never rewritten (the line reads its "
                     "threshold); evaluate a working copy with --store and publish it as a new version")
     try:
-        precision = _precision(args.precision, args.device)
-        model, card = load_model_dir(args.model)
+        net, card, precision, fixed = _model_for_scoring(args.model, args.device, args.precision, args.fixed_mask)
         size = card.profile.image_size
-        fixed = _load_fixed_mask(args.fixed_mask, size, read_binary_mask, resize_mask)
-        net = prepare_for_inference(model, args.device, precision)
         metrics, preds = evaluate_model(net, args.data, size, batch_size=args.batch_size, device=args.device,
                                         precision=precision, fixed_mask=fixed)
     except (ModelDirError, DatasetError, ValueError) as exc:
@@ -208,6 +205,19 @@ def _fmt_threshold(value: float | None) -> str:
     return "none" if value is None else f"{value:.5f}"
 
 
+def _model_for_scoring(model_dir: Path, device: str, precision_option: str, mask_path: Path | None
+                       ) -> tuple[Any, Any, str, Any]:
+    """(network ready for inference, card, resolved precision, fixed mask tensor or None) for eval/predict."""
+    from linecam.grdnet.datasets import read_binary_mask, resize_mask
+    from linecam.grdnet.evaluate import prepare_for_inference
+    from linecam.grdnet.modeldir import load_model_dir
+
+    precision = _precision(precision_option, device)
+    model, card = load_model_dir(model_dir)
+    fixed = _load_fixed_mask(mask_path, card.profile.image_size, read_binary_mask, resize_mask)
+    return prepare_for_inference(model, device, precision), card, precision, fixed
+
+
 def _load_fixed_mask(path: Path | None, size: int, read_mask: Any, resize: Any) -> Any:
     if path is None:
         return None
@@ -225,22 +235,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from linecam.grdnet.datasets import (
         DatasetError,
         image_to_tensor,
-        read_binary_mask,
         read_rgb,
-        resize_mask,
         resize_rgb,
     )
-    from linecam.grdnet.evaluate import autocast_context, prepare_for_inference
-    from linecam.grdnet.modeldir import ModelDirError, load_model_dir
+    from linecam.grdnet.evaluate import autocast_context
+    from linecam.grdnet.modeldir import ModelDirError
     from linecam.grdnet.scoring import score_maps
     from linecam.progress import Progress
 
     try:
-        precision = _precision(args.precision, args.device)
-        model, card = load_model_dir(args.model)
+        net, card, precision, fixed = _model_for_scoring(args.model, args.device, args.precision, args.roi)
         size = card.profile.image_size
-        fixed = _load_fixed_mask(args.roi, size, read_binary_mask, resize_mask)
-        net = prepare_for_inference(model, args.device, precision)
         threshold = args.threshold if args.threshold is not None else card.threshold
         results = []
         dev = torch.device(args.device)

@@ -20,33 +20,8 @@ from linecam.config.sources import (
     FolderSourceConfig,
     GenicamSourceConfig,
     SourceConfig,
-    SyntheticSourceConfig,
 )
 from linecam.yamlfile import read_yaml
-
-__all__ = [
-    "RUNTIME_DIR_ENV",
-    "AcquireConfig",
-    "ArchiveConfig",
-    "CameraConfig",
-    "ConfigError",
-    "CurveConfig",
-    "FolderSourceConfig",
-    "GateConfig",
-    "GenicamSourceConfig",
-    "InferConfig",
-    "LineConfig",
-    "LineInfo",
-    "LogPlcConfig",
-    "ModbusPlcConfig",
-    "ModelRef",
-    "PlcConfig",
-    "RegionConfig",
-    "SourceConfig",
-    "SyntheticSourceConfig",
-    "TransportConfig",
-    "load_config",
-]
 
 #: the supervisor creates one temporary runtime dir and hands it to its children through this variable.
 RUNTIME_DIR_ENV = "LINECAM_RUNTIME_DIR"

@@ -235,6 +235,9 @@ class LineConfig(Strict):
     acquire: AcquireConfig = Field(default_factory=lambda: AcquireConfig.model_validate({}))
     #: rejects and sampled accepts with heatmaps and verdicts, for review and retraining (None: off).
     archive: ArchiveConfig | None = None
+    #: the address every process's /metrics endpoint listens on: loopback unless a Prometheus server on another
+    #: host must scrape it (then this host's address on that network, or 0.0.0.0 behind a firewall).
+    metrics_address: str = Field("127.0.0.1", min_length=1)
     #: the file this config came from (set by load_config; None for configs built in code).
     source_path: Path | None = None
 

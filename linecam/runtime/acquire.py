@@ -158,7 +158,8 @@ def main(config: LineConfig, camera_name: str, stats_path: Path | None = None) -
     index = config.camera_index(camera_name)
     metrics = LineMetrics(deadline_s=config.gate.deadline_s)
     base = config.acquire.metrics_base_port
-    port = start_metrics_server(metrics, base + index if base else 0, process=f"acquire@{camera_name}",
+    port = start_metrics_server(metrics, base + index if base else 0, config.metrics_address,
+                                process=f"acquire@{camera_name}",
                                 key=f"acquire.metrics_base_port (+{index} for camera {camera_name})",
                                 source=str(config.source_path or "the config"))
     log.info("acquire@%s: metrics on port %d", camera_name, port)

@@ -234,7 +234,8 @@ class GateService:
         self.metrics = metrics or LineMetrics(deadline_s=cfg.gate.deadline_s)
         port = cfg.gate.metrics_port if metrics_port is None else metrics_port
         self.metrics_port = start_metrics_server(
-            self.metrics, port, process="gate", key="gate.metrics_port", source=str(cfg.source_path or "the config")
+            self.metrics, port, cfg.metrics_address, process="gate", key="gate.metrics_port",
+            source=str(cfg.source_path or "the config")
         ) if port >= 0 else -1
         self.plc = plc if plc is not None else create_plc_link(cfg.gate.plc, self.metrics)
         self.audit = AuditLog(self.audit_path)

@@ -67,7 +67,8 @@ class InferWorker:
             self.warm_up()
         port = cfg.infer.metrics_port if metrics_port is None else metrics_port
         self.metrics_port = start_metrics_server(
-            self.metrics, port, process="infer", key="infer.metrics_port", source=str(cfg.source_path or "the config")
+            self.metrics, port, cfg.metrics_address, process="infer", key="infer.metrics_port",
+            source=str(cfg.source_path or "the config")
         ) if port >= 0 else -1
         self.outputs = ImageOutputs(cfg, self.metrics)
         self._stop = threading.Event()

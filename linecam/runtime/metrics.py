@@ -114,7 +114,7 @@ def port_in_use_message(process: str, port: int, key: str, source: str, why: str
             "(0 picks one)")
 
 
-def start_metrics_server(metrics: LineMetrics, port: int, addr: str = "0.0.0.0", *, process: str = "linecam",
+def start_metrics_server(metrics: LineMetrics, port: int, addr: str = "127.0.0.1", *, process: str = "linecam",
                          key: str = "metrics port", source: str = "the config") -> int:
     """Serve ``/metrics`` over HTTP from a daemon thread; returns the bound port (``port=0`` picks a free one).
 

@@ -350,7 +350,7 @@ def main(config_path: str | Path, duration_s: float | None = None, rejects_dir: 
          summary_path: str | Path | None = None) -> int:
     """``linecam run``: returns 0 on a clean run, 1 when a child failed or a product lacked its verdict."""
     config = load_config(config_path)
-    busy = busy_port_messages(config)
+    busy = busy_port_messages(config, config.metrics_address)
     if busy:  # before any child starts: one line per port, naming its config key
         raise PortInUseError("\n".join(busy))
     temp_rundir = config.runtime_dir is None

@@ -89,3 +89,41 @@ def test_port_claims_and_ports_shared_inside_one_config(tmp_path: Path, tiny_mod
     messages = busy_port_messages(cfg)
     shared = [m for m in messages if "is also gate's" in m]
     assert len(shared) == 1 and shared[0].startswith(f"acquire@cam2: metrics port {free}")
+
+
+def _outside_address() -> str | None:
+    """This host's address on its network (not loopback), or None when it has none."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the outgoing interface
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def _reachable(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2)
+        return sock.connect_ex((address, port)) == 0
+
+
+@pytest.mark.parametrize("exposed", [False, True])
+def test_metrics_listen_on_loopback_unless_the_config_says_otherwise(tmp_path: Path, exposed: bool) -> None:
+    from linecam.config import parse_config
+    from linecam.runtime.gate import GateService
+
+    outside = _outside_address()
+    if outside is None:
+        pytest.skip("this host has no non-loopback IPv4 address to test from")
+    doc = {"line": {"name": "t", "station": "s"}, "runtime_dir": str(tmp_path), "models": {"m": {"path": "x"}},
+           "cameras": [{"name": "c", "source": {"kind": "synthetic"}, "regions": [{"name": "r", "model": "m"}]}],
+           "gate": {"metrics_port": 0, "audit_log": str(tmp_path / "audit.jsonl")}}
+    if exposed:
+        doc["metrics_address"] = "0.0.0.0"
+    gate = GateService(parse_config(doc, "line.yaml", tmp_path))
+    try:
+        assert _reachable("127.0.0.1", gate.metrics_port)
+        assert _reachable(outside, gate.metrics_port) is exposed
+    finally:
+        gate.close()

@@ -87,6 +87,14 @@ class TransportConfig(Strict):
     sndhwm: int = Field(4, ge=1, le=10_000)
     rcvhwm: int = Field(4, ge=1, le=10_000)
     curve: CurveConfig | None = None
+    #: the largest pixel buffer a frame may have (cameras without a configured size); a larger message is
+    #: dropped by ZeroMQ before it reaches the worker (MAXMSGSIZE).
+    max_frame_bytes: int = Field(256 * 2**20, ge=1024)
+
+    @field_validator("max_frame_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_size(value)
 
 
 class InferConfig(Strict):

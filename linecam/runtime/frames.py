@@ -7,17 +7,62 @@ of raising, so one hostile frame never stops the batch it arrived in.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from linecam.config import LineConfig
 from linecam.config.regions import RegionConfig
-from linecam.runtime.messages import BadFrame, FrameHeader, decode_frame
+from linecam.runtime.messages import MAX_HEADER_BYTES, BadFrame, FrameHeader, FrameLimits, decode_frame
 from linecam.runtime.regions import crop
 
-__all__ = ["FrameItem", "HasRegionConfig", "decode_item", "to_rgb8"]
+__all__ = ["BadFrameLog", "FrameItem", "HasRegionConfig", "decode_item", "frame_limits", "to_rgb8"]
+
+log = logging.getLogger(__name__)
+
+
+def frame_limits(cfg: LineConfig) -> FrameLimits:
+    """What a frame may claim on this line: only its cameras, each at its configured size where the config has
+    one, and no buffer above the largest such frame (RGBa at 16 bit per channel, the widest layout) or, with a
+    camera of unknown size, above ``transport.max_frame_bytes``."""
+    sizes: dict[str, tuple[int, int] | None] = {}
+    for cam in cfg.cameras:
+        width, height = getattr(cam.source, "width", None), getattr(cam.source, "height", None)
+        sizes[cam.name] = (int(height), int(width)) if width and height else None
+    cap = cfg.transport.max_frame_bytes
+    known = [size for size in sizes.values() if size is not None]
+    if len(known) == len(sizes):
+        cap = min(cap, max(h * w * 4 * 2 for h, w in known))
+    return FrameLimits(max_header_bytes=MAX_HEADER_BYTES, max_frame_bytes=cap, sizes=sizes)
+
+
+class BadFrameLog:
+    """Logs bad frames with their reason, at most ``burst`` lines per ``window_s`` seconds: a flood of hostile
+    frames must not flood the journal (each one still gets its verdict and audit line)."""
+
+    def __init__(self, burst: int = 10, window_s: float = 10.0) -> None:
+        self.burst = burst
+        self.window_s = window_s
+        self._window_start = time.monotonic()
+        self._logged = 0
+        self.suppressed = 0
+
+    def add(self, item: FrameItem) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self.window_s:
+            if self.suppressed:
+                log.warning("%d more bad frame(s) in the last %.0f s were not logged", self.suppressed,
+                            now - self._window_start)
+            self._window_start, self._logged, self.suppressed = now, 0, 0
+        if self._logged < self.burst:
+            self._logged += 1
+            log.warning("bad frame camera=%.64s seq=%d: %s", item.camera, item.seq, item.detail[:300])
+        else:
+            self.suppressed += 1
 
 
 def to_rgb8(image: np.ndarray, pixel_format: str) -> np.ndarray:
@@ -62,11 +107,12 @@ class HasRegionConfig(Protocol):
     config: RegionConfig
 
 
-def decode_item(parts: Sequence[Any], received_ns: int, regions: Mapping[str, Sequence[HasRegionConfig]]
-                ) -> FrameItem:
-    """Decode one multipart frame into a :class:`FrameItem`; ``regions`` are the live regions per camera."""
+def decode_item(parts: Sequence[Any], received_ns: int, regions: Mapping[str, Sequence[HasRegionConfig]],
+                limits: FrameLimits | None = None) -> FrameItem:
+    """Decode one multipart frame into a :class:`FrameItem`; ``regions`` are the live regions per camera and
+    ``limits`` what a frame may claim (:func:`frame_limits`). Never raises: a bad frame carries its reason."""
     try:
-        header, image = decode_frame(parts)
+        header, image = decode_frame(parts, limits)
     except BadFrame as exc:
         return FrameItem(exc.camera, exc.seq, exc.slot, received_ns, reason="bad_frame", detail=exc.reason)
     item = FrameItem(header.camera, header.seq, header.slot, received_ns, header=header)

@@ -29,7 +29,7 @@ from linecam.backends.base import Detector, create_detector
 from linecam.config import ConfigError, LineConfig
 from linecam.runtime import sdnotify
 from linecam.runtime.capacity import Capacity, write_capacity
-from linecam.runtime.frames import FrameItem, decode_item
+from linecam.runtime.frames import BadFrameLog, FrameItem, decode_item, frame_limits
 from linecam.runtime.messages import Verdict, encode_event, now_ns
 from linecam.runtime.metrics import LineMetrics, start_metrics_server
 from linecam.runtime.modelset import Entry, ModelSet
@@ -58,6 +58,8 @@ class InferWorker:
             cfg.events_endpoint()
         self.metrics = metrics or LineMetrics(deadline_s=cfg.gate.deadline_s)
         self.models = ModelSet(cfg, self.metrics, detectors, detector_factory, want_maps=ImageOutputs.wanted(cfg))
+        self.limits = frame_limits(cfg)  # what a frame may claim, checked before it is parsed or allocated
+        self.bad_frames = BadFrameLog()
         #: detector time per region crop (ns, moving average of live batches; None until the first one).
         self.crop_cost_ns: float | None = None
         #: throughput measured after the warm-up (None without one); ``run`` hands it to the supervisor.
@@ -79,14 +81,13 @@ class InferWorker:
         self.frames_sock: zmq.Socket[Any] | None = None
         self.events_sock: zmq.Socket[Any] | None = None
         if bind:
-            self.frames_sock = frame_pull_bind(self.ctx, self.frames_endpoint, cfg.transport)
+            # 4x the largest frame: a misconfigured camera's frames still reach the decoder and get a bad_frame
+            # verdict naming the problem; only a message far beyond any frame is cut at the socket, unread.
+            self.frames_sock = frame_pull_bind(self.ctx, self.frames_endpoint, cfg.transport,
+                                               max_message_bytes=max(4 * self.limits.max_frame_bytes, 2**20))
             self.events_sock = event_push(self.ctx, cfg.events_endpoint(), cfg.transport)
             log.info("infer: frames on %s, verdicts to %s, models %s", self.frames_endpoint,
                      cfg.events_endpoint(), self.models.model_version)
-
-    def apply_swaps(self) -> list[str]:
-        """Swap in the registry versions that passed their checks (between two batches)."""
-        return self.models.apply_swaps()
 
     def warm_up(self) -> None:
         """Compile every batch shape on blank frames, then measure the throughput (:mod:`runtime.warmup`), with
@@ -113,8 +114,11 @@ class InferWorker:
 
     # -- the core --------------------------------------------------------------------------------------
     def _decode(self, parts: Sequence[Any], received_ns: int) -> FrameItem:
-        item = decode_item(parts, received_ns, self.models.regions)
-        self.metrics.frames.labels(camera=item.camera).inc()
+        item = decode_item(parts, received_ns, self.models.regions, self.limits)
+        if item.reason == "bad_frame":
+            self.bad_frames.add(item)
+        # one series per configured camera: a hostile header must not create a Prometheus series per name
+        self.metrics.frames.labels(camera=item.camera if item.camera in self.models.regions else "unknown").inc()
         if item.header is not None and item.header.t_sent_ns:
             self.metrics.stage_latency.labels(stage="transport").observe(
                 max(0, received_ns - item.header.t_sent_ns) / 1e9)
@@ -218,7 +222,7 @@ class InferWorker:
             while not self._stop.is_set():
                 self.watchdog.tick()
                 if self.models.watchers:
-                    self.apply_swaps()
+                    self.models.apply_swaps()
                 if not poller.poll(50):
                     continue
                 batch = self._collect(poller)

@@ -10,8 +10,10 @@ could still be read, so the worker can answer it with a ``bad_frame`` verdict in
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -35,6 +37,12 @@ def now_ns() -> int:
     return time.time_ns()
 
 
+INT64_MAX = 2**63 - 1
+#: ids and wall-clock nanoseconds travel as 64-bit integers everywhere (audit, PLC registers, metrics): a
+#: message claiming a larger one is refused at the door.
+Int64 = Annotated[int, Field(ge=-(2**63), le=INT64_MAX)]
+
+
 class Truth(Strict):
     """Ground truth that a synthetic (or replayed, labelled) source knows; used only for demo statistics."""
 
@@ -47,13 +55,13 @@ class FrameHeader(Strict):
 
     schema_version: int = SCHEMA_VERSION
     camera: str
-    seq: int = Field(ge=0)
-    slot: int = Field(ge=0, description="product/slot id given by the PLC tracker or counted by acquire")
-    t_capture_ns: int
+    seq: int = Field(ge=0, le=INT64_MAX)
+    slot: int = Field(ge=0, le=INT64_MAX, description="product/slot id given by the PLC tracker or counted by acquire")
+    t_capture_ns: Int64
     #: when the verdict is due (capture + gate deadline), set once by acquire at capture; None only from a
     #: producer that predates it (the worker then works it out from its config, the same way).
-    deadline_ns: int | None = None
-    t_sent_ns: int = 0
+    deadline_ns: Int64 | None = None
+    t_sent_ns: Int64 = 0
     shape: tuple[int, ...]
     dtype: str
     pixel_format: str
@@ -66,10 +74,10 @@ class Announcement(Strict):
     type: Literal["announce"] = "announce"
     schema_version: int = SCHEMA_VERSION
     camera: str
-    seq: int
-    slot: int
-    t_capture_ns: int
-    deadline_ns: int
+    seq: Int64
+    slot: Int64
+    t_capture_ns: Int64
+    deadline_ns: Int64
     truth: Truth | None = None
 
 
@@ -79,9 +87,9 @@ class Overload(Strict):
     type: Literal["overload"] = "overload"
     schema_version: int = SCHEMA_VERSION
     camera: str
-    seq: int
-    slot: int
-    t_ns: int
+    seq: Int64
+    slot: Int64
+    t_ns: Int64
 
 
 class Verdict(Strict):
@@ -144,25 +152,51 @@ def _as_bytes_like(part: Any) -> memoryview:
     return memoryview(buf if buf is not None else part)
 
 
-def decode_frame(parts: Sequence[Any]) -> tuple[FrameHeader, np.ndarray]:
+MAX_HEADER_BYTES = 4096
+"""A frame header is a few hundred bytes of JSON; anything longer is refused before it is parsed."""
+MAX_DIMENSION = 65_535
+"""No camera frame has a side or channel count above this; a header that claims one is refused."""
+
+
+@dataclass(frozen=True)
+class FrameLimits:
+    """What a frame may claim before anything is parsed or allocated for it.
+
+    ``sizes`` (when given) lists the cameras of the line config: a frame from another camera is refused, and for
+    a camera whose frame size is configured, ``(height, width)``, a header claiming another size is refused.
+    ``max_frame_bytes`` caps the pixel buffer of every frame (the worker sets the frames socket's ZeroMQ
+    ``MAXMSGSIZE`` from the same figure, so a larger message never reaches Python).
+    """
+
+    max_header_bytes: int = MAX_HEADER_BYTES
+    max_frame_bytes: int = 256 * 2**20
+    sizes: Mapping[str, tuple[int, int] | None] | None = None
+
+
+def decode_frame(parts: Sequence[Any], limits: FrameLimits | None = None) -> tuple[FrameHeader, np.ndarray]:
     """Decode ``[header, buffer]`` into a header and a read-only view of the pixels (no copy).
 
-    Raises :class:`BadFrame` for every way a frame can be wrong: part count, header JSON, schema version,
-    dtype, pixel format, channel count, or a buffer whose size does not match the header.
+    Raises :class:`BadFrame` for every way a frame can be wrong, and nothing else, whatever the bytes: part count,
+    header size, header JSON (however deeply nested), schema version, dtype, pixel format, channel count, a
+    camera or a frame size the line does not have (``limits``), or a buffer whose size does not match the header.
     """
+    limits = limits or FrameLimits()
     if len(parts) != 2:
         raise BadFrame(f"expected 2 message parts, got {len(parts)}")
-    raw_header = bytes(_as_bytes_like(parts[0]))
+    raw = _as_bytes_like(parts[0])
+    if raw.nbytes > limits.max_header_bytes:
+        raise BadFrame(f"header of {raw.nbytes} bytes is longer than {limits.max_header_bytes}")
     try:
-        loose = json.loads(raw_header)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadFrame(f"header is not JSON: {exc}") from None
+        loose = json.loads(bytes(raw))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadFrame(f"header is not JSON: {type(exc).__name__}: {str(exc)[:120]}") from None
     ident = _identity(loose)
     try:
         header = FrameHeader.model_validate(loose)
-    except ValidationError as exc:
-        fields = ", ".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in exc.errors())
-        raise BadFrame(f"header invalid ({fields})", *ident) from None
+    except (ValidationError, RecursionError) as exc:
+        fields = (", ".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in exc.errors())
+                  if isinstance(exc, ValidationError) else "nested too deeply")
+        raise BadFrame(f"header invalid ({fields[:300]})", *ident) from None
     if header.schema_version != SCHEMA_VERSION:
         raise BadFrame(f"schema_version {header.schema_version} != {SCHEMA_VERSION}", *ident)
     if header.dtype not in FRAME_DTYPES:
@@ -171,14 +205,24 @@ def decode_frame(parts: Sequence[Any]) -> tuple[FrameHeader, np.ndarray]:
     if channels is None:
         raise BadFrame(f"pixel_format {header.pixel_format!r} not in {sorted(PIXEL_FORMATS)}", *ident)
     shape = header.shape
-    if len(shape) not in (2, 3) or any(d <= 0 for d in shape):
-        raise BadFrame(f"shape {shape} is not (H, W) or (H, W, C)", *ident)
+    if len(shape) not in (2, 3) or any(not 0 < d <= MAX_DIMENSION for d in shape):
+        raise BadFrame(f"shape {list(shape)[:4]} is not (H, W) or (H, W, C) with sides 1..{MAX_DIMENSION}", *ident)
     got_channels = 1 if len(shape) == 2 else shape[2]
     if got_channels != channels:
         raise BadFrame(f"pixel_format {header.pixel_format} needs {channels} channels, shape has {got_channels}",
                        *ident)
+    if limits.sizes is not None:
+        if header.camera not in limits.sizes:
+            raise BadFrame(f"camera {header.camera[:64]!r} is not in the line config", *ident)
+        size = limits.sizes[header.camera]
+        if size is not None and tuple(shape[:2]) != size:
+            raise BadFrame(f"shape {list(shape)} does not match camera {header.camera}'s configured "
+                           f"{size[1]}x{size[0]} frames", *ident)
+    expected = math.prod(shape) * np.dtype(header.dtype).itemsize  # Python ints: no overflow
+    if expected > limits.max_frame_bytes:
+        raise BadFrame(f"shape {list(shape)} needs {expected} bytes, more than the {limits.max_frame_bytes} a frame "
+                       "may have", *ident)
     payload = _as_bytes_like(parts[1])
-    expected = int(np.prod(shape)) * np.dtype(header.dtype).itemsize
     if payload.nbytes != expected:
         raise BadFrame(f"payload has {payload.nbytes} bytes, header shape {shape} needs {expected}", *ident)
     image = np.frombuffer(payload, dtype=header.dtype).reshape(shape)

@@ -210,9 +210,16 @@ def frame_push(ctx: zmq.Context[Any], endpoint: str, cfg: TransportConfig) -> zm
     return _client_socket(ctx, zmq.PUSH, endpoint, cfg, {zmq.SNDHWM: cfg.sndhwm, zmq.IMMEDIATE: 1})
 
 
-def frame_pull_bind(ctx: zmq.Context[Any], endpoint: str, cfg: TransportConfig) -> zmq.Socket[Any]:
-    """The worker's frame receiver: PULL, small RCVHWM, LINGER 0, binds."""
-    return _server_socket(ctx, zmq.PULL, endpoint, cfg, {zmq.RCVHWM: cfg.rcvhwm})
+def frame_pull_bind(ctx: zmq.Context[Any], endpoint: str, cfg: TransportConfig,
+                    max_message_bytes: int | None = None) -> zmq.Socket[Any]:
+    """The worker's frame receiver: PULL, small RCVHWM, LINGER 0, binds.
+
+    ``max_message_bytes`` sets ZeroMQ's ``MAXMSGSIZE``: a peer that sends a larger message part is disconnected
+    before the message is allocated in Python (it reconnects; an honest acquire never sends one)."""
+    options: dict[int, int] = {zmq.RCVHWM: cfg.rcvhwm}
+    if max_message_bytes is not None:
+        options[zmq.MAXMSGSIZE] = int(max_message_bytes)
+    return _server_socket(ctx, zmq.PULL, endpoint, cfg, options)
 
 
 def event_push(ctx: zmq.Context[Any], endpoint: str, cfg: TransportConfig) -> zmq.Socket[Any]:

@@ -73,7 +73,7 @@ def test_swap_between_batches_then_commit(demo: Path, tmp_path: Path) -> None:
         candidate = worker.models.watchers["demo"].check()
         assert candidate is not None and candidate.version == "2" and candidate.golden_max_diff <= 0.02
         assert worker.process_batch(_batch(2, 2))[0].model_version == "demo/1"  # not swapped until asked
-        assert worker.apply_swaps() == ["demo"]
+        assert worker.models.apply_swaps() == ["demo"]
         after = worker.process_batch(_batch(2, 4))
         assert {v.model_version for v in after} == {"demo/2"}
         assert {v.thresholds["vial"] for v in after} == {0.6}  # the new card's threshold comes with it
@@ -95,7 +95,7 @@ def test_threshold_follows_the_version(demo: Path, tmp_path: Path, region: dict[
     try:
         assert {v.thresholds["vial"] for v in worker.process_batch(_batch(2))} == {expected[0]}
         reg.set_current(demo, "2")
-        assert worker.models.watchers["demo"].check() is not None and worker.apply_swaps() == ["demo"]
+        assert worker.models.watchers["demo"].check() is not None and worker.models.apply_swaps() == ["demo"]
         assert {v.thresholds["vial"] for v in worker.process_batch(_batch(2, 2))} == {expected[1]}
         worker.models.roll_back("demo", "test")  # rollback restores the previous version's threshold too
         assert {v.thresholds["vial"] for v in worker.process_batch(_batch(2, 4))} == {expected[0]}
@@ -112,7 +112,7 @@ def test_tampered_version_is_refused(demo: Path, tmp_path: Path, caplog: pytest.
     try:
         (demo / "CURRENT").write_text("2\n")  # someone bypassed `models promote`
         assert worker.models.watchers["demo"].check() is None
-        assert worker.apply_swaps() == []
+        assert worker.models.apply_swaps() == []
         assert _count(worker, "refused_hash") == 1
         assert "version 2 REFUSED" in caplog.text and "weights.pt" in caplog.text
         assert worker.process_batch(_batch(1))[0].model_version == "demo/1"
@@ -166,7 +166,7 @@ def test_failure_in_probation_rolls_back_and_redoes_the_batch(demo: Path, tmp_pa
     try:
         reg.set_current(demo, "2")
         assert worker.models.watchers["demo"].check() is not None
-        assert worker.apply_swaps() == ["demo"]
+        assert worker.models.apply_swaps() == ["demo"]
         _BreaksInService.armed[0] = True
         verdicts = worker.process_batch(_batch(2))
         assert [v.model_version for v in verdicts] == ["demo/1", "demo/1"]  # redone by the previous version

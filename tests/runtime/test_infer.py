@@ -110,7 +110,8 @@ def test_malformed_frames_get_bad_frame_verdicts_with_identity(make_config, rt) 
                    ("cam9", 16, "bad_frame"), ("?", -1, "bad_frame"), ("cam1", 17, "bad_frame"),
                    ("cam2", 18, "anomaly")]
     assert all(v.decision == "reject" for v in verdicts[1:])
-    assert "does not fit a 32x32 frame" in verdicts[1].detail and "float32" in verdicts[4].detail
+    assert "does not match camera cam1's configured 64x64 frames" in verdicts[1].detail
+    assert "float32" in verdicts[4].detail
     assert "YUV422" in verdicts[5].detail and "payload" in verdicts[6].detail and "cam9" in verdicts[7].detail
     worker.close()
 

@@ -19,6 +19,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from linecam.runtime.frames import frame_limits
 from linecam.runtime.infer import InferWorker
 from linecam.runtime.messages import (
     MAX_HEADER_BYTES,

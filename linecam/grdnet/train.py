@@ -64,7 +64,7 @@ from linecam.grdnet.losses import (
     generator_loss,
 )
 from linecam.grdnet.model import GeneratorOutput, GRDNet, build_discriminator, build_grdnet, init_head_prior
-from linecam.grdnet.modeldir import ModelDirError, load_model_dir
+from linecam.grdnet.modeldir import ModelDirError, file_sha256, load_model_dir
 from linecam.grdnet.perlin import FILL_MODES, AnomalySimulator
 from linecam.grdnet.profiles import ModelProfile, get_profile
 from linecam.progress import Progress
@@ -296,6 +296,18 @@ def _unwrap(m: nn.Module) -> nn.Module:
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
 
+def _numpy_rng_state() -> dict[str, Any]:
+    """numpy's global RNG state in plain types (a checkpoint holds no pickled objects: see _read_checkpoint)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _set_numpy_rng_state(state: dict[str, Any]) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["kind"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"]))
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -379,7 +391,8 @@ class Trainer:
         last = model_dir / TRAINING_SUBDIR / CHECKPOINT_LAST
         if last.is_file():
             try:
-                self.disc.load_state_dict(self._read_checkpoint(last)["discriminator"])
+                recorded = card.training.get("checkpoint_last_sha256")
+                self.disc.load_state_dict(self._read_checkpoint(last, recorded)["discriminator"])
             except (TrainError, KeyError, RuntimeError) as exc:
                 raise TrainError(f"--init-from {last}: cannot take the discriminator from it: {exc}") from exc
 
@@ -714,7 +727,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "best_val": self.best_val,
             "history": self.history,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()},
         }
 
     def _save_checkpoint(self, epoch: int, *, best: bool) -> None:
@@ -734,12 +747,18 @@ class Trainer:
             raise TrainError(f"{where}: its profile differs from the requested one ({fields}); "
                              "pass the same --profile and --profile-set")
 
-    def _read_checkpoint(self, path: Path) -> dict[str, Any]:
-        """A ``checkpoint_last.pt`` as ``state`` wrote it; an unreadable or foreign file is a TrainError naming it."""
+    def _read_checkpoint(self, path: Path, sha256: str | None = None) -> dict[str, Any]:
+        """A ``checkpoint_last.pt`` as ``state`` wrote it; an unreadable or foreign file is a TrainError naming it.
+
+        Loaded with ``weights_only=True``: tensors and plain containers only, so a crafted checkpoint cannot run
+        code (a full unpickle did). With ``sha256`` (the hash the model card recorded) the file must match it."""
+        if sha256 is not None and file_sha256(path) != sha256:
+            raise TrainError(f"{path}: sha256 differs from the one recorded in the model card; refused")
         try:
-            st = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:  # torch raises several types for corrupt files
-            raise TrainError(f"{path}: cannot be read: {exc}") from exc
+            st = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # torch raises several types for corrupt or unsafe files
+            raise TrainError(f"{path}: cannot be read as a plain checkpoint (weights only; a checkpoint written by "
+                             f"linecam before 2026-12 holds pickled objects and cannot be used): {exc}") from exc
         if not isinstance(st, dict) or st.get("format") != "linecam-grdnet-checkpoint":
             raise TrainError(f"{path}: not a linecam GRD-Net checkpoint")
         return st
@@ -779,7 +798,7 @@ class Trainer:
         self.best_val = float(st["best_val"])
         self.history = list(st["history"])
         torch.set_rng_state(st["rng"]["torch"])
-        np.random.set_state(st["rng"]["numpy"])
+        _set_numpy_rng_state(st["rng"]["numpy"])
         random.setstate(st["rng"]["python"])
         self.start_epoch = int(st["epoch"])
         return self.start_epoch
@@ -794,7 +813,7 @@ class Trainer:
         """The GRDNet with the best validation weights (the last ones if no epoch improved)."""
         model = build_grdnet(self.profile)
         best = self.train_dir / CHECKPOINT_BEST
-        state = torch.load(best, map_location="cpu", weights_only=False)["model"] if best.is_file() else \
+        state = torch.load(best, map_location="cpu", weights_only=True)["model"] if best.is_file() else \
             {k: v.cpu() for k, v in self.shipped.state_dict().items()}
         model.load_state_dict(state)
         return model.eval()
@@ -886,6 +905,9 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path | None:
         "images_per_s": last.get("images_per_s"),
         "val_metrics": val,
     }
+    checkpoint = trainer.train_dir / CHECKPOINT_LAST
+    if checkpoint.is_file():  # --init-from verifies it before taking the discriminator from it
+        training["checkpoint_last_sha256"] = file_sha256(checkpoint)
     size = trainer.profile.image_size
     card = ModelCard(name=cfg.name, version=cfg.version, profile=trainer.profile, input_size=(size, size),
                      channels=trainer.profile.in_channels, roi_variant=cfg.roi_variant, threshold=None,

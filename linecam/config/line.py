@@ -207,6 +207,10 @@ class GateConfig(Strict):
     hold_ms: float = Field(1000.0, gt=0, le=600_000)
     audit_log: Path | None = None
     plc: PlcConfig = Field(default_factory=lambda: LogPlcConfig.model_validate({}))
+    #: how long after a product's deadline its result may still reach the PLC (the reject station's window; may be
+    #: negative to leave the PLC time to act). A result that cannot be written by then is dropped and counted,
+    #: never written late.
+    plc_margin_ms: float = Field(0.0, ge=-600_000, le=600_000)
     metrics_port: int = Field(9111, ge=0, le=65535)
     sweep_ms: float = Field(2.0, gt=0, le=1000)
 

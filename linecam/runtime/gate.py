@@ -57,8 +57,10 @@ class Gate:
         metrics: LineMetrics,
         camera_index: Callable[[str], int] | None = None,
         hold_ns: int = 1_000_000_000,
+        plc_margin_ns: int = 0,
     ) -> None:
         self.plc = plc
+        self._plc_margin_ns = plc_margin_ns
         self.audit = audit
         self.metrics = metrics
         self._camera_index = camera_index or (lambda _name: -1)
@@ -212,7 +214,8 @@ class Gate:
         score = max(scores.values()) if scores else (1.0 if decision == "reject" else 0.0)
         try:
             self.plc.send(PlcResult(slot=ann.slot, decision=decision, reason=reason, score=score,
-                                    camera=ann.camera, camera_index=self._camera_index(ann.camera), seq=ann.seq))
+                                    camera=ann.camera, camera_index=self._camera_index(ann.camera), seq=ann.seq,
+                                    write_by_ns=ann.deadline_ns + self._plc_margin_ns))
         except Exception:  # the PLC link must never stop the gate from deciding
             log.exception("PLC link failed for camera=%s seq=%d", *key)
         self.metrics.verdicts.labels(decision=decision, reason=reason).inc()
@@ -242,7 +245,7 @@ class GateService:
         names = [c.name for c in cfg.cameras]
         self.gate = Gate(self.plc, self.audit, self.metrics,
                          camera_index=lambda n: names.index(n) if n in names else -1,
-                         hold_ns=int(cfg.gate.hold_ms * 1e6))
+                         hold_ns=int(cfg.gate.hold_ms * 1e6), plc_margin_ns=int(cfg.gate.plc_margin_ms * 1e6))
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self.sock = event_pull_bind(self.ctx, self.endpoint, cfg.transport)

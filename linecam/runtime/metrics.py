@@ -90,6 +90,9 @@ class LineMetrics:
         self.plc_writes = Counter("linecam_plc_writes", "Results written to the PLC", registry=r)
         self.plc_write_errors = Counter("linecam_plc_write_errors", "Results the PLC link failed to write",
                                         registry=r)
+        self.plc_results_dropped = Counter(
+            "linecam_plc_results_dropped", "Results never written to the PLC, by reason (late: its time had passed)",
+            ["reason"], registry=r)
 
     def stop_servers(self) -> None:
         """Shut down the HTTP servers started for these metrics (a process exiting need not call this)."""

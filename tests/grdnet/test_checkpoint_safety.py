@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from linecam.grdnet.modeldir import read_card
-from linecam.grdnet.train import CHECKPOINT_LAST, TRAINING_SUBDIR, TrainConfig, TrainError, Trainer, run_training
+from linecam.grdnet.train import CHECKPOINT_LAST, TRAINING_SUBDIR, TrainConfig, Trainer, TrainError, run_training
 from tests.grdnet.builders import TINY, make_vial_dataset
 
 

@@ -6,10 +6,15 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 from pymodbus.client import ModbusTcpClient
@@ -28,13 +33,15 @@ HEARTBEAT = 99
 class Sim:
     """The PLC simulator process on a fixed port (so it can be restarted on the same address)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, journal: Path | None = None) -> None:
         self.port = port
+        self.journal = journal
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        extra = ["--journal", str(self.journal)] if self.journal is not None else []
         self.proc = subprocess.Popen([sys.executable, "-m", "linecam.runtime.plc.sim_server", "--port",
-                                      str(self.port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                                      str(self.port), *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert self.proc.stdout is not None
         self.proc.stdout.readline()  # "plc-sim listening on ..."
         end = time.monotonic() + 20
@@ -176,3 +183,138 @@ def test_register_document_matches_the_code() -> None:
     assert ", ".join(f"{v} = {k}" for k, v in R.REASON_CODES.items()) in doc
     assert f"× {R.SCORE_SCALE}" in doc.replace("10000", str(R.SCORE_SCALE))
     assert "base+7 | 7 | result valid toggle" in doc and R.VALID_TOGGLE == 7 and R.COUNTER == 6
+
+
+def _journal(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class _GateLoop:
+    """Plays the gate's main loop: heartbeats every 20 ms and samples plc_connected."""
+
+    def __init__(self, link: ModbusLink, metrics: LineMetrics) -> None:
+        self.link, self.metrics = link, metrics
+        self.connected_samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.link.heartbeat()
+            self.connected_samples.append(self.metrics.plc_connected._value.get())
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("fault", ["hung", "killed"])
+def test_no_result_reaches_the_plc_after_its_time(rt, tmp_path: Path, fault: str) -> None:
+    """The PLC process is stopped (SIGSTOP) for 3 s and continued, or killed and restarted, while results keep
+    coming at 50 per second, each due 200 ms after it is sent. Every write the PLC executed (its own journal,
+    with its own clock) lies before that result's time; the results of the outage are dropped and counted."""
+    journal = tmp_path / "plc.jsonl"
+    sim = Sim(rt.free_port(), journal)
+    sim.start()
+    metrics = LineMetrics()
+    link = _link(sim.port, metrics)
+    loop = _GateLoop(link, metrics)
+    write_by: dict[int, int] = {}
+    try:
+        rt.wait_for(lambda: link.connected, what="link connected")
+        t0 = time.monotonic()
+        seq = 0
+        outage = (1.0, 4.0)
+        state = "up"
+        hang_ns = 0
+        while time.monotonic() - t0 < 6.0:
+            now = time.monotonic() - t0
+            if state == "up" and now >= outage[0]:
+                assert sim.proc is not None
+                if fault == "hung":
+                    sim.proc.send_signal(signal.SIGSTOP)
+                else:
+                    sim.stop()
+                hang_ns = time.time_ns()
+                state = "down"
+            elif state == "down" and now >= outage[1]:
+                if fault == "hung":
+                    assert sim.proc is not None
+                    sim.proc.send_signal(signal.SIGCONT)
+                else:
+                    sim.start()
+                state = "back"
+            result = replace(_result(seq), write_by_ns=time.time_ns() + 200_000_000)
+            write_by[result.slot] = result.write_by_ns  # type: ignore[assignment]
+            link.send(result)
+            seq += 1
+            time.sleep(0.02)
+        rt.wait_for(lambda: link.connected, timeout_s=20, what="link back after the outage")
+        assert link.wait_idle(10)
+    finally:
+        loop.stop()
+        link.close()
+        if sim.proc is not None and fault == "hung":
+            sim.proc.send_signal(signal.SIGCONT)
+        sim.stop()
+    writes = _journal(journal)
+    blocks = [w for w in writes if w["address"] == BASE]
+    toggles = [w for w in writes if w["address"] == BASE + R.VALID_TOGGLE]
+    assert blocks and len(toggles) <= len(blocks)
+    late = []
+    last_slot = None
+    ordered = sorted(blocks + toggles, key=lambda w: w["t_ns"])
+    for i, w in enumerate(ordered):
+        if w["address"] == BASE:
+            last_slot = (w["values"][R.SLOT_HI] << 16) | w["values"][R.SLOT_LO]
+        due = write_by[last_slot]  # a toggle makes the block before it valid
+        if w["t_ns"] > due:
+            late.append((i, last_slot, (w["t_ns"] - due) / 1e6))
+    # The link never sends a result after its time. What TCP cannot take back is the one request already in the
+    # hung PLC's receive buffer: the PLC executes it when it resumes (and, per docs/plc_registers.md, discards a
+    # slot that left its tracking window). So: at most that one, executed first after the outage, and none at
+    # all after a restart (the dead connection's buffer died with the process).
+    if fault == "killed":
+        assert late == [], f"writes after their result's time (index, slot, ms late): {late[:5]}"
+    else:
+        assert len(late) <= 1, f"writes after their result's time (index, slot, ms late): {late[:5]}"
+        if late:
+            first_after_hang = next(i for i, w in enumerate(ordered) if w["t_ns"] > hang_ns)
+            assert late[0][0] == first_after_hang  # the first request the PLC executed on resuming
+    dropped = metrics.plc_results_dropped.labels(reason="late")._value.get()
+    assert link.dropped_late == dropped >= 50  # the outage's results: ~150 at 50/s, never written
+    assert len({(w["values"][R.SLOT_HI] << 16) | w["values"][R.SLOT_LO] for w in blocks}) < seq - 50
+    assert 0.0 in loop.connected_samples and loop.connected_samples[-1] == 1.0  # 0 while the PLC did not answer
+
+
+def test_the_heartbeat_stops_while_results_are_dropped(rt, tmp_path: Path) -> None:
+    journal = tmp_path / "plc.jsonl"
+    sim = Sim(rt.free_port(), journal)
+    sim.start()
+    metrics = LineMetrics()
+    link = _link(sim.port, metrics, period=0.1)
+    loop = _GateLoop(link, metrics)
+    try:
+        rt.wait_for(lambda: link.connected, what="link connected")
+        time.sleep(0.5)  # the heartbeat runs
+        start_dropping = time.time_ns()
+        t0 = time.monotonic()
+        seq = 0
+        while time.monotonic() - t0 < 1.5:  # results that are already late: all dropped
+            link.send(replace(_result(seq), write_by_ns=time.time_ns() - 1))
+            seq += 1
+            time.sleep(0.02)
+        stop_dropping = time.time_ns()
+        time.sleep(0.6)  # and it resumes
+    finally:
+        loop.stop()
+        link.close()
+        sim.stop()
+    beats = [w["t_ns"] for w in _journal(journal) if w["address"] == HEARTBEAT]
+    before = [t for t in beats if t < start_dropping]
+    during = [t for t in beats if start_dropping + 50_000_000 < t < stop_dropping]  # the first may be in flight
+    after = [t for t in beats if t > stop_dropping + 200_000_000]
+    assert len(before) >= 3 and during == [] and len(after) >= 2, (len(before), during, len(after))
+    assert link.writes == 0 and link.dropped_late == seq

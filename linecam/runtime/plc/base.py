@@ -23,6 +23,9 @@ class PlcResult:
     camera: str
     camera_index: int
     seq: int
+    #: wall-clock ns by which the result must be in the PLC (its product's deadline plus ``gate.plc_margin_ms``);
+    #: a link never writes it later (a late reject ejects another product). None: no limit (tests, dry runs).
+    write_by_ns: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

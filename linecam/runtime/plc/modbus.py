@@ -2,15 +2,25 @@
 
 Why a writer thread: the gate's decision loop must keep its few-millisecond sweep even when the PLC is
 slow or gone, so :meth:`ModbusLink.send` only queues and a thread does the network I/O, reconnecting with
-exponential backoff. Results that cannot be written are counted and dropped, never replayed late: the PLC
-already rejected those products by its own window. The heartbeat is toggled only while the gate's main
-loop keeps calling :meth:`heartbeat`, so a wedged gate stops the heartbeat and the PLC stops the line.
+exponential backoff. A result reaches the PLC by its ``write_by_ns`` or never: it is checked before its block
+is written and again before its valid toggle, and one whose time has passed is dropped and counted
+(``linecam_plc_results_dropped_total{reason="late"}``). On a carousel a late reject ejects another product, so a
+PLC that hangs and comes back never gets the results queued meanwhile. Every request is bounded by
+``timeout_s``; a write that times out closes the connection with a reset, so the requests still in flight are
+discarded by the PLC's network stack instead of being executed when it resumes. ``plc_connected`` is 1 only
+after a write succeeded on the current connection (a hung PLC still accepts TCP connections). The heartbeat is
+toggled only while the gate's main loop keeps calling :meth:`heartbeat` and no result was dropped in the last
+two heartbeat periods, so a wedged gate or a link that is dropping results stops it and the PLC, programmed per
+the register document, rejects by default.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import socket
+import struct
 import threading
 import time
 from typing import Any
@@ -47,6 +57,8 @@ class ModbusLink:
         self.writes = 0
         self.errors = 0
         self.connects = 0
+        self.dropped_late = 0
+        self._hold_heartbeat_until = 0.0
         self._set_connected(False)
         self._thread = threading.Thread(target=self._run, name="plc-modbus", daemon=True)
         self._thread.start()
@@ -57,7 +69,7 @@ class ModbusLink:
         try:
             self._queue.put_nowait(result)
         except queue.Full:
-            self._failed(f"queue full, result camera={result.camera} seq={result.seq} dropped")
+            self._failed(f"queue full, result camera={result.camera} seq={result.seq} dropped", reason="queue_full")
 
     def heartbeat(self) -> None:
         """Mark the gate loop alive; the writer thread toggles the register while this keeps coming."""
@@ -88,14 +100,31 @@ class ModbusLink:
         if self._metrics is not None:
             self._metrics.plc_connected.set(1 if value else 0)
 
-    def _failed(self, why: str) -> None:
+    def _failed(self, why: str, reason: str = "unwritten") -> None:
         self.errors += 1
         if self._metrics is not None:
             self._metrics.plc_write_errors.inc()
+            self._metrics.plc_results_dropped.labels(reason=reason).inc()
         log.warning("PLC write failed: %s", why)
 
-    def _disconnect(self) -> None:
+    def _late(self, result: PlcResult) -> bool:
+        """True (and the result dropped, counted, the heartbeat held) when its time to reach the PLC has passed."""
+        if result.write_by_ns is None or time.time_ns() <= result.write_by_ns:
+            return False
+        self.dropped_late += 1
+        self._hold_heartbeat_until = time.monotonic() + 2.0 * self.cfg.heartbeat_period_s
+        late_ms = (time.time_ns() - result.write_by_ns) / 1e6
+        self._failed(f"camera={result.camera} seq={result.seq} slot={result.slot}: {late_ms:.0f} ms past its time, "
+                     "dropped (never written late)", reason="late")
+        return True
+
+    def _disconnect(self, reset: bool = False) -> None:
+        """Close the connection; ``reset`` aborts it (RST), so requests the PLC has not read yet are discarded."""
         if self._client is not None:
+            sock = getattr(self._client, "socket", None)
+            if reset and sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self._client.close()
             self._client = None
         if self._connected:
@@ -112,6 +141,15 @@ class ModbusLink:
             client.close()
             return False
         self._client = client
+        try:  # a hung PLC still accepts TCP connections (its kernel does): connected means it answers
+            response: Any = client.read_holding_registers(self.cfg.heartbeat_register, count=1,
+                                                          device_id=self.cfg.device_id)
+            answered = not response.isError()
+        except (ModbusException, OSError):
+            answered = False
+        if not answered:
+            self._disconnect(reset=True)
+            return False
         self.connects += 1
         self._set_connected(True)
         log.info("PLC %s:%d connected", self.cfg.host, self.cfg.port)
@@ -126,12 +164,19 @@ class ModbusLink:
             raise PlcWriteError(f"write {address}: {exc}") from exc
         if response.isError():
             raise PlcWriteError(f"write {address}: PLC answered {response}")
+        if not self._connected:
+            log.info("PLC %s:%d answering", self.cfg.host, self.cfg.port)
+            self._set_connected(True)
 
     def _write_result(self, result: PlcResult) -> None:
+        if self._late(result):
+            return
         counter = (self._counter + 1) & 0xFFFF
         data = R.result_registers(result.slot, result.decision, result.reason, result.score,
                                   result.camera_index, counter)
         self._write(self.cfg.base_register, data)
+        if self._late(result):  # the block took too long: the PLC never sees it as valid
+            return
         toggle = 1 - self._toggle
         self._write(self.cfg.base_register + R.VALID_TOGGLE, [toggle])
         self._toggle = toggle
@@ -146,7 +191,9 @@ class ModbusLink:
                 result = self._queue.get_nowait()
             except queue.Empty:
                 return
-            self._failed(f"{why}; camera={result.camera} seq={result.seq} slot={result.slot} not written")
+            if not self._late(result):
+                self._failed(f"{why}; camera={result.camera} seq={result.seq} slot={result.slot} not written",
+                             reason="unreachable")
             self._queue.task_done()
 
     def _run(self) -> None:
@@ -165,7 +212,8 @@ class ModbusLink:
             try:
                 if now >= next_beat:
                     next_beat = now + self.cfg.heartbeat_period_s
-                    if now - self._main_alive <= 2.0 * self.cfg.heartbeat_period_s:
+                    gate_alive = now - self._main_alive <= 2.0 * self.cfg.heartbeat_period_s
+                    if gate_alive and now >= self._hold_heartbeat_until:
                         value = 1 - self._heartbeat_value
                         self._write(self.cfg.heartbeat_register, [value])
                         self._heartbeat_value = value
@@ -177,9 +225,9 @@ class ModbusLink:
                     self._write_result(result)
                 except PlcWriteError as exc:
                     self._failed(f"camera={result.camera} seq={result.seq}: {exc}")
-                    self._disconnect()
+                    self._disconnect(reset=True)
                 finally:
                     self._queue.task_done()
             except PlcWriteError as exc:
                 log.warning("PLC heartbeat failed: %s", exc)
-                self._disconnect()
+                self._disconnect(reset=True)

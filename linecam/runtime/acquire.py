@@ -47,6 +47,7 @@ class AcquireStats:
     overloads: int = 0
     announce_failed: int = 0
     frame_gaps: int = 0
+    first_seq: int = 0
     exit_code: int = 0
     reason: str = ""
 
@@ -67,6 +68,18 @@ class _StopFlag:
         signal.signal(signal.SIGINT, self)
 
 
+def boot_seq() -> int:
+    """The first sequence number of this process: the wall clock in microseconds at start.
+
+    Why: a restarted acquire process (kill -9, device loss, systemd restart) used to count from 0 again, so the
+    audit log held the same (camera, seq) twice and the PLC was sent slot ids it had already seen. A camera sends
+    far fewer than a million frames per second, so a process started later always starts above every id an
+    earlier one used; nothing has to be stored. The PLC's 32-bit slot register takes the low bits, which repeat
+    only after 71 minutes, far beyond any tracking window.
+    """
+    return time.time_ns() // 1000
+
+
 class FrameSender:
     """Announce-then-offer for one camera over two already-connected sockets.
 
@@ -84,7 +97,8 @@ class FrameSender:
         self.metrics = metrics
         self.stats = AcquireStats(camera=camera)
         self._gaps = GapCounter()
-        self.seq = 0
+        self.seq = boot_seq()
+        self.stats.first_seq = self.seq
 
     def handle(self, frame: GrabbedFrame) -> str:
         """Announce and offer one frame; returns ``offered``, ``overload`` or ``unannounced``."""

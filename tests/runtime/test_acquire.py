@@ -96,7 +96,8 @@ def test_announce_offer_overload_and_clean_stop(tmp_path: Path) -> None:
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["reason"] == "stopped by SIGTERM"
     # every frame was announced, in sequence, before anything else happened to it
-    assert [a.seq for a in bench.announced] == list(range(stats["announced"]))
+    first = stats["first_seq"]
+    assert [a.seq for a in bench.announced] == list(range(first, first + stats["announced"]))
     assert stats["announced"] == stats["offered"] + stats["overloads"]
     assert stats["overloads"] == len(bench.overloads) > 0
     assert taken >= 60  # ~3 s at 40 fps while the worker kept up
@@ -127,10 +128,11 @@ def test_folder_replay_ends_cleanly_and_unknown_camera_is_refused(tmp_path: Path
         bench.close()
     assert proc.returncode == 0, out
     assert "end of stream" in out
-    assert [a.seq for a in bench.announced] == [0, 1, 2, 3, 4]
+    first = bench.announced[0].seq
+    assert [a.seq - first for a in bench.announced] == [0, 1, 2, 3, 4]
     # the first frame may meet a connection still being set up (IMMEDIATE): then it is an overload, not lost
     assert len(bench.received) + len(bench.overloads) == 5 and len(bench.received) >= 3
-    assert all(int(img[0, 0]) == 10 * h.seq for h, img in bench.received)  # small frames: copied, not tracked
+    assert all(int(img[0, 0]) == 10 * (h.seq - first) for h, img in bench.received)  # small: copied, not tracked
 
     bad = subprocess.run([sys.executable, "-m", "linecam", "acquire", "--config", str(config), "--camera", "nope"],
                          capture_output=True, text=True, timeout=60)
@@ -142,3 +144,33 @@ def test_missing_source_exits_nonzero_naming_it(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "linecam", "acquire", "--config", str(config), "--camera", "cam1"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "absent" in done.stderr and "not a directory" in done.stderr
+
+
+def test_a_restarted_acquire_never_repeats_an_id(tmp_path: Path) -> None:
+    """kill -9 and restart of one acquire process: no (camera, seq) or PLC slot is announced twice."""
+    source = {"kind": "synthetic", "fps": 40, "width": 64, "height": 64, "seed": 5, "prerender": 4}
+    config = _config(tmp_path, source)
+    (tmp_path / "run").mkdir()
+    bench = Bench(tmp_path / "run")
+    try:
+        first = _start(config, tmp_path)
+        bench.pump(2.0)
+        first.send_signal(signal.SIGKILL)  # no clean shutdown, no chance to save anything
+        first.wait(timeout=20)
+        before = len(bench.announced)
+        second = _start(config, tmp_path)
+        bench.pump(2.0)
+        second.send_signal(signal.SIGTERM)
+        second.communicate(timeout=20)
+        bench.pump(0.3)
+    finally:
+        for proc in ("first", "second"):
+            p = locals().get(proc)
+            if p is not None and p.poll() is None:
+                p.kill()
+        bench.close()
+    assert before > 10 and len(bench.announced) - before > 10  # both processes ran
+    seqs = [a.seq for a in bench.announced]
+    slots = [a.slot for a in bench.announced]
+    assert len(set(seqs)) == len(seqs) and len(set(slots)) == len(slots)
+    assert min(seqs[before:]) > max(seqs[:before])  # the restarted process continues above the first one

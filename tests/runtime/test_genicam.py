@@ -168,7 +168,8 @@ def test_three_devices_at_200_fps_through_acquire_processes(tmp_path: Path) -> N
     for name, code in run.returncodes.items():
         assert code == 0, run.outputs[name]
         stats = run.stats[name]
-        assert run.announced[name] == list(range(stats["announced"]))  # every frame announced once, in order
+        first = stats["first_seq"]  # every frame announced once, in order
+        assert run.announced[name] == list(range(first, first + stats["announced"]))
         assert stats["announced"] == stats["offered"] + stats["overloads"]
         assert run.overloads[name] == stats["overloads"]
         assert stats["frame_gaps"] == logged_gaps(run.outputs[name]), run.outputs[name]  # counted = logged

@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -20,6 +21,7 @@ from typing import Any
 import zmq
 
 from linecam.config import GateConfig, LineConfig
+from linecam.files import atomic_write
 from linecam.runtime import sdnotify
 from linecam.runtime.messages import Announcement, FrameHeader, Overload, encode_event, encode_frame
 from linecam.runtime.metrics import LineMetrics, start_metrics_server
@@ -50,6 +52,8 @@ class AcquireStats:
     first_seq: int = 0
     exit_code: int = 0
     reason: str = ""
+    #: False in the snapshots written while running (a process killed with SIGKILL leaves its last one).
+    complete: bool = False
 
 
 class _StopFlag:
@@ -150,11 +154,19 @@ class FrameSender:
         return "offered"
 
 
+#: how often a running acquire writes its counters (a process killed without warning leaves the last ones).
+SNAPSHOT_PERIOD_S = 0.5
+
+
 def run_loop(source: FrameSource, sender: FrameSender, stop: _StopFlag, grab_timeout_s: float,
-             watchdog: sdnotify.Watchdog) -> tuple[int, str]:
+             watchdog: sdnotify.Watchdog, snapshot: Callable[[], None] | None = None) -> tuple[int, str]:
     """Grab and send until stopped; returns (exit code, reason)."""
+    next_snapshot = time.monotonic()
     while not stop.stop:
         watchdog.tick()
+        if snapshot is not None and time.monotonic() >= next_snapshot:
+            snapshot()
+            next_snapshot = time.monotonic() + SNAPSHOT_PERIOD_S
         try:
             frame = source.grab(grab_timeout_s)
         except EndOfStream as exc:
@@ -205,7 +217,14 @@ def main(config: LineConfig, camera_name: str, stats_path: Path | None = None) -
         sender = FrameSender(camera_name, frames_sock, events_sock, config.gate, metrics)
         grab_timeout = min(MAX_GRAB_WAIT_S, getattr(camera.source, "fetch_timeout_s", MAX_GRAB_WAIT_S))
         sdnotify.ready(f"acquire {camera_name}")
-        code, reason = run_loop(source, sender, stop, grab_timeout, sdnotify.Watchdog())
+        snapshot = None
+        if stats_path is not None:
+            path = stats_path
+
+            def snapshot() -> None:
+                atomic_write(path, (json.dumps(asdict(sender.stats)) + "\n").encode())
+
+        code, reason = run_loop(source, sender, stop, grab_timeout, sdnotify.Watchdog(), snapshot)
         sdnotify.stopping()
         stats = sender.stats
         stats.exit_code, stats.reason = code, reason
@@ -224,4 +243,5 @@ def main(config: LineConfig, camera_name: str, stats_path: Path | None = None) -
                 sock.close(linger=int(config.gate.deadline_s * 1000))
         ctx.term()
         if stats_path is not None:
-            stats_path.write_text(json.dumps(asdict(stats)) + "\n")
+            stats.complete = True
+            atomic_write(stats_path, (json.dumps(asdict(stats)) + "\n").encode())

@@ -2,7 +2,12 @@
 
 It mirrors what systemd does in production, with the same protocol: each child gets its own
 ``NOTIFY_SOCKET`` and a ``WATCHDOG_USEC``, is started only after the previous stage reported ``READY=1``
-(gate, then infer, then one acquire per camera), and is declared hung when its watchdog pings stop.
+(gate, then infer, then one acquire per camera), and is declared hung when its watchdog pings stop. A child
+that crashes or hangs once the line runs is restarted with the units' policy (``Restart=on-failure``, at most
+``RESTART_BURST`` restarts in ``RESTART_WINDOW_S``, with back-off); the line stops only when one keeps crashing.
+While a child is down its products are still rejected fail-safe (the gate times them out, acquire reports
+overload) and the status line names it. A child that fails before the line first runs stops the start-up: that
+is a configuration problem, not a crash to retry.
 Shutdown is ordered so no product is left without a verdict: acquire stops first, the gate drains (every
 announced frame is decided or timed out by its deadline), then infer and finally the gate stop.
 Children run in their own process group so a Ctrl-C reaches only the supervisor, which then shuts the
@@ -98,6 +103,13 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     asked_to_stop: bool = False
     killed: bool = False
+    #: monotonic times of this child's crashes inside the restart window (the start limit counts them).
+    crashes: list[float] = field(default_factory=list)
+    #: when a crashed child is started again (None: it is not waiting for a restart).
+    restart_at: float | None = None
+    #: True from a restart until the restarted child reports READY.
+    restarting: bool = False
+    started_at: float = 0.0
     _log_file: IO[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -115,7 +127,14 @@ class Child:
 
 
 class LineFailure(RuntimeError):
-    """A child failed to start, died unexpectedly, or stopped pinging its watchdog."""
+    """A child failed to start, or kept crashing (or hanging) beyond the restart limit."""
+
+
+#: the restart policy the systemd units declare (Restart=on-failure, StartLimitBurst=5 in
+#: StartLimitIntervalSec=60), with a back-off: the n-th restart in the window waits RESTART_DELAYS_S[n].
+RESTART_BURST = 5
+RESTART_WINDOW_S = 60.0
+RESTART_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class Supervisor:
@@ -138,6 +157,8 @@ class Supervisor:
         self.stop_requested = ""
         self.failures: list[str] = []
         self.final_summary: dict[str, Any] = {}
+        self._stats_files: dict[str, list[Path]] = {}
+        self._audit_seqs: dict[str, list[int]] = {}
         self.config_path = rundir / "line.yaml"
         (rundir / "logs").mkdir(parents=True, exist_ok=True)
         (rundir / "notify").mkdir(parents=True, exist_ok=True)
@@ -157,7 +178,11 @@ class Supervisor:
         env.update({RUNTIME_DIR_ENV: str(self.rundir), "NOTIFY_SOCKET": str(child.notify.path),
                     "WATCHDOG_USEC": str(int(self.watchdog_s * 1e6)), "PYTHONUNBUFFERED": "1"})
         env.pop("WATCHDOG_PID", None)
+        if "--stats" in child.argv:  # acquire: its counters for this start
+            i = child.argv.index("--stats") + 1
+            child.argv[i] = str(self._next_stats_path(child.name.split("@", 1)[1]))
         child._log_file = child.log_path.open("ab")
+        child.started_at = time.monotonic()
         child.proc = subprocess.Popen(child.argv, stdin=subprocess.DEVNULL, stdout=child._log_file,
                                       stderr=subprocess.STDOUT, env=env, process_group=0,
                                       preexec_fn=_die_with_parent)
@@ -192,7 +217,7 @@ class Supervisor:
         self._wait_ready([infer])
         self._fit_camera_rate()
         acquires = [self._child(f"acquire@{cam.name}", "acquire", "--config", cfg, "--camera", cam.name,
-                                "--stats", str(self._stats_path(cam.name))) for cam in self.config.cameras]
+                                "--stats", "") for cam in self.config.cameras]
         for child in acquires:
             self._start(child)
         self._wait_ready(acquires)
@@ -212,26 +237,67 @@ class Supervisor:
         if plan.message:
             self._say(plan.message)
 
-    def _stats_path(self, camera: str) -> Path:
-        return self.rundir / f"acquire-{camera}.json"
+    def _next_stats_path(self, camera: str) -> Path:
+        """A fresh counters file for each start of a camera's acquire process (a restart must not overwrite
+        what the crashed one counted)."""
+        paths = self._stats_files.setdefault(camera, [])
+        paths.append(self.rundir / f"acquire-{camera}-{len(paths) + 1}.json")
+        return paths[-1]
 
     def check_children(self) -> None:
-        """Raise :class:`LineFailure` when a child exited or its watchdog pings stopped."""
+        """Restart a child that exited or stopped pinging its watchdog, with back-off; raise :class:`LineFailure`
+        when one crashed more than ``RESTART_BURST`` times in ``RESTART_WINDOW_S``."""
         now = time.monotonic()
         for child in self.children:
             child.notify.poll()
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restart_at = None
+                    self._start(child)
+                continue
             rc = child.returncode()
             if rc is not None and not child.asked_to_stop:
-                raise LineFailure(f"{child.name} (pid {child.pid}) exited unexpectedly with code {rc}:\n"
-                                  f"{child.log_tail()}")
-            if rc is None and child.notify.ready and now - child.notify.last_ping > self.watchdog_s:
-                raise LineFailure(f"{child.name} (pid {child.pid}) sent no watchdog ping for "
-                                  f"{now - child.notify.last_ping:.1f} s")
+                self._crashed(child, f"exited with code {rc}")
+            elif rc is None and child.notify.ready and now - child.notify.last_ping > self.watchdog_s:
+                if child.proc is not None:
+                    child.proc.kill()
+                    child.proc.wait()
+                self._crashed(child, f"sent no watchdog ping for {now - child.notify.last_ping:.1f} s (killed)")
+            elif child.restarting and child.notify.ready:
+                child.restarting = False
+                self._say(f"restarted {child.name} (pid {child.pid})")
+            elif child.restarting and rc is None and now - child.started_at > self.ready_timeout_s:
+                if child.proc is not None:
+                    child.proc.kill()
+                    child.proc.wait()
+                self._crashed(child, f"sent no READY=1 within {self.ready_timeout_s:.0f} s of its restart (killed)")
+
+    def _crashed(self, child: Child, why: str) -> None:
+        now = time.monotonic()
+        child.crashes = [t for t in child.crashes if now - t < RESTART_WINDOW_S]
+        if len(child.crashes) >= RESTART_BURST:
+            raise LineFailure(f"{child.name} (pid {child.pid}) {why}, its {len(child.crashes) + 1}th crash in "
+                              f"{RESTART_WINDOW_S:.0f} s: not restarted again:\n{child.log_tail()}")
+        delay = RESTART_DELAYS_S[min(len(child.crashes), len(RESTART_DELAYS_S) - 1)]
+        child.crashes.append(now)
+        child.restart_at = now + delay
+        child.restarting = True
+        child.notify.ready = False
+        if child._log_file is not None:
+            child._log_file.close()
+            child._log_file = None
+        self._say(f"RESTARTING {child.name}: {why}; restart {len(child.crashes)} of {RESTART_BURST} in "
+                  f"{RESTART_WINDOW_S:.0f} s, in {delay:g} s (its products are rejected meanwhile)")
+
+    def restarting(self) -> list[str]:
+        """The children that crashed and are not serving again yet."""
+        return [c.name for c in self.children if c.restarting]
 
     def _stop(self, children: list[Child]) -> None:
         """SIGTERM, wait ``grace_s``, then SIGKILL what is left; a child that needed SIGKILL is a failure."""
         for child in children:
             child.asked_to_stop = True
+            child.restart_at = None  # a crashed child waiting for its restart stays down
             if child.returncode() is None and child.proc is not None:
                 child.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
@@ -246,7 +312,7 @@ class Supervisor:
                 child.killed = True
                 self.failures.append(f"{child.name} ignored SIGTERM for {self.grace_s:.0f} s and was killed")
             rc = child.proc.returncode
-            if rc != 0 and not child.killed:
+            if rc != 0 and not child.killed and not child.restarting:
                 self.failures.append(f"{child.name} exited with code {rc} on shutdown:\n{child.log_tail()}")
             self._say(f"stopped {child.name} (code {rc})")
 
@@ -270,7 +336,10 @@ class Supervisor:
 
     # -- status --------------------------------------------------------------------------------
     def _tail(self) -> None:
-        self.status.add(self.audit.read_new())
+        records = self.audit.read_new()
+        for record in records:
+            self._audit_seqs.setdefault(str(record["camera"]), []).append(int(record["seq"]))
+        self.status.add(records)
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -293,7 +362,8 @@ class Supervisor:
                 self.check_children()
                 self._tail()
                 if time.monotonic() >= next_status:
-                    self._say(self.status.line())
+                    down = self.restarting()
+                    self._say(self.status.line() + (f" | restarting: {', '.join(down)}" if down else ""))
                     next_status += self.status_interval_s
                 time.sleep(0.05)
         except LineFailure as exc:
@@ -312,20 +382,44 @@ class Supervisor:
         summary = self.status.summary()
         announced: dict[str, int | None] = {}
         for cam in self.config.cameras:
-            try:
-                announced[cam.name] = int(json.loads(self._stats_path(cam.name).read_text())["announced"])
-            except (FileNotFoundError, ValueError, KeyError):
-                announced[cam.name] = None
+            announced[cam.name], problems = self._check_announced(cam.name)
+            self.failures += problems
         summary["announced"] = announced
         summary["camera_fps"] = {cam.name: camera_fps(self.config, cam.name) for cam in self.config.cameras}
-        summary["children"] = {c.name: {"pid": c.pid, "exit_code": c.returncode(), "killed": c.killed}
-                               for c in self.children}
-        for name, n in announced.items():
-            got = self.status.per_camera.get(name, 0)
-            if n is not None and n != got:
-                self.failures.append(f"camera {name}: {n} frames announced but {got} audit lines")
+        summary["children"] = {c.name: {"pid": c.pid, "exit_code": c.returncode(), "killed": c.killed,
+                                        "restarts": len(c.crashes)} for c in self.children}
         summary["audit_log"] = str(self.config.audit_log_path())
         return summary
+
+    def _check_announced(self, camera: str) -> tuple[int | None, list[str]]:
+        """Frames a camera's acquire processes announced, checked against the audit log: each start's ids run
+        from its first id without a hole, one audit line each; a cleanly stopped process counted exactly that
+        many, a killed one at least its last counters snapshot. -> (announced, problems)."""
+        runs = []
+        for path in self._stats_files.get(camera, []):
+            try:
+                stats = json.loads(path.read_text())
+                runs.append((int(stats["first_seq"]), int(stats["announced"]), bool(stats.get("complete"))))
+            except (FileNotFoundError, ValueError, KeyError):
+                continue  # killed before its first snapshot: its ids are checked as part of the audit below
+        if not runs:
+            return None, []
+        runs.sort()
+        seqs = sorted(self._audit_seqs.get(camera, []))
+        problems = []
+        if len(seqs) != len(set(seqs)):
+            problems.append(f"camera {camera}: {len(seqs) - len(set(seqs))} ids have more than one audit line")
+        total = 0
+        for i, (first, count, complete) in enumerate(runs):
+            end = runs[i + 1][0] if i + 1 < len(runs) else None
+            mine = [q for q in seqs if q >= first and (end is None or q < end)]
+            total += len(mine)
+            if mine != list(range(first, first + len(mine))):
+                problems.append(f"camera {camera}: ids from {first} have holes in the audit log")
+            if (complete and len(mine) != count) or (not complete and len(mine) < count):
+                problems.append(f"camera {camera}: {count} frames announced from id {first} but {len(mine)} audit "
+                                "lines")
+        return total, problems
 
 
 def config_document(config: LineConfig) -> dict[str, Any]:

@@ -112,3 +112,55 @@ def test_a_dying_child_fails_the_run(tmp_path: Path, tiny_model_dir: Path, rt: A
     assert time.monotonic() - t0 < 30  # it did not run out the duration
     pids = [int(p) for p in re.findall(r"started \S+ pid (\d+)", out)]
     assert pids and not [p for p in pids if _alive(p)]
+
+
+def test_a_crashed_child_is_restarted_and_the_line_goes_on(tmp_path: Path, tiny_model_dir: Path, rt: Any) -> None:
+    """kill -9 of the worker, then of one camera's acquire, under `linecam run`: each is restarted with the
+    units' policy, the status line names it meanwhile, every announced product still gets exactly one audit
+    line (its outage's products are rejected fail-safe) and no id repeats."""
+    config = _write_config(tmp_path, tiny_model_dir, rt)
+    proc = subprocess.Popen([sys.executable, "-m", "linecam", "run", "--config", str(config), "--duration", "25",
+                             "--summary", str(tmp_path / "summary.json")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=rt.child_env())
+    lines: list[str] = []
+    pids: dict[str, int] = {}
+
+    def read_until(pattern: str, timeout_s: float = 120.0) -> re.Match[str]:
+        assert proc.stdout is not None
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            started = re.match(r"started (\S+) pid (\d+)", line)
+            if started:
+                pids[started.group(1)] = int(started.group(2))
+            found = re.search(pattern, line)
+            if found:
+                return found
+        raise AssertionError(f"no line matching {pattern!r}:\n{''.join(lines)}")
+
+    try:
+        read_until(r"^line test running")
+        read_until(r"^frames [1-9]")
+        os.kill(pids["infer"], signal.SIGKILL)
+        read_until(r"^RESTARTING infer: exited with code -9; restart 1 of 5")
+        read_until(r"restarting: infer")  # the status line says who is down
+        read_until(r"^restarted infer")
+        os.kill(pids["acquire@cam1"], signal.SIGKILL)
+        read_until(r"^RESTARTING acquire@cam1: exited with code -9")
+        read_until(r"^restarted acquire@cam1")
+        rest, _ = proc.communicate(timeout=120)
+        lines.append(rest)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines)
+    assert proc.returncode == 0, out  # the supervisor's own check: announced == audit lines per camera
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["children"]["infer"]["restarts"] == 1 and summary["children"]["acquire@cam1"]["restarts"] == 1
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    keys = [(r["camera"], r["seq"]) for r in records]
+    assert len(keys) == len(set(keys)) == sum(summary["announced"].values())
+    assert summary["decisions"].get("accept", 0) > 0  # the restarted worker judged products again

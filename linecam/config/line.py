@@ -213,6 +213,8 @@ class GateConfig(Strict):
     plc_margin_ms: float = Field(0.0, ge=-600_000, le=600_000)
     metrics_port: int = Field(9111, ge=0, le=65535)
     sweep_ms: float = Field(2.0, gt=0, le=1000)
+    #: a camera is stalled after this many of its frame periods without a frame (runtime.stalls).
+    stall_periods: float = Field(5.0, gt=1, le=10_000)
 
     @property
     def deadline_s(self) -> float:

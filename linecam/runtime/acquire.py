@@ -8,6 +8,7 @@ every product that passed the camera, whatever happens downstream.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -23,7 +24,7 @@ import zmq
 from linecam.config import GateConfig, LineConfig
 from linecam.files import atomic_write
 from linecam.runtime import sdnotify
-from linecam.runtime.messages import Announcement, FrameHeader, Overload, encode_event, encode_frame
+from linecam.runtime.messages import Announcement, CameraStopped, FrameHeader, Overload, encode_event, encode_frame
 from linecam.runtime.metrics import LineMetrics, start_metrics_server
 from linecam.runtime.sources import EndOfStream, FrameSource, GrabbedFrame, SourceError, create_source
 from linecam.runtime.sources.base import GapCounter
@@ -236,6 +237,9 @@ def main(config: LineConfig, camera_name: str, stats_path: Path | None = None) -
             source.close()
         except Exception as exc:  # a failing close must not hide the real exit reason
             log.warning("acquire@%s: source close failed: %s", camera_name, exc)
+        if events_sock is not None:  # on purpose: the gate stops watching this camera for stalls
+            with contextlib.suppress(zmq.ZMQError):
+                events_sock.send(encode_event(CameraStopped(camera=camera_name, t_ns=time.time_ns())), zmq.NOBLOCK)
         # Flush what is already queued (announced frames, overload notices) for at most one deadline:
         # bounded, so a dead peer cannot hang the exit, but a clean stop loses no announced frame.
         for sock in (events_sock, frames_sock):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,13 +25,23 @@ from typing import Any
 
 import zmq
 
-from linecam.config import LineConfig
+from linecam.config import ConfigError, LineConfig
 from linecam.runtime import sdnotify
 from linecam.runtime.audit import AuditLog
-from linecam.runtime.messages import Announcement, BadMessage, Overload, Verdict, decode_event, now_ns
+from linecam.runtime.capacity import camera_fps
+from linecam.runtime.messages import (
+    Announcement,
+    BadMessage,
+    CameraStopped,
+    Overload,
+    Verdict,
+    decode_event,
+    now_ns,
+)
 from linecam.runtime.metrics import LineMetrics, start_metrics_server
 from linecam.runtime.plc import PlcLink, PlcResult, create_plc_link
 from linecam.runtime.signals import stop_on_signals
+from linecam.runtime.stalls import StallWatch, write_stalls
 from linecam.runtime.transport import event_pull_bind, stop_authenticators
 
 log = logging.getLogger(__name__)
@@ -249,6 +260,9 @@ class GateService:
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self.sock = event_pull_bind(self.ctx, self.endpoint, cfg.transport)
+        self.stalls = StallWatch({c.name: camera_fps(cfg, c.name) for c in cfg.cameras}, cfg.gate.stall_periods)
+        for name in self.stalls.limits:
+            self.metrics.camera_stalled.labels(camera=name).set(0)
         self._stop = threading.Event()
         self.watchdog = sdnotify.Watchdog()
         log.info("gate: events on %s, audit log %s", self.endpoint, self.audit_path)
@@ -270,8 +284,35 @@ class GateService:
                 self.metrics.bad_messages.labels(socket="events").inc()
                 log.warning("events: %s", exc)
                 continue
+            if isinstance(event, CameraStopped):
+                self.stalls.stopped(event.camera)
+                continue
+            if isinstance(event, Announcement):
+                self._camera_frame(event.camera)
             self.gate.on_event(event, now_ns())
         return n
+
+    def _camera_frame(self, camera: str) -> None:
+        stalled_for = self.stalls.frame(camera, time.monotonic())
+        if stalled_for is not None:
+            log.warning("camera %s resumed after %.1f s without frames", camera, stalled_for)
+            self.metrics.camera_stalled.labels(camera=camera).set(0)
+            self._write_stalls()
+
+    def _check_stalls(self) -> None:
+        for camera in self.stalls.check(time.monotonic()):
+            log.warning("camera %s stalled: no frame for %.1f s (expected one every %.2f s); its products are not "
+                        "being inspected", camera, self.stalls.limits[camera], self.stalls.limits[camera] /
+                        self.cfg.gate.stall_periods)
+            self.metrics.camera_stalls.labels(camera=camera).inc()
+            self.metrics.camera_stalled.labels(camera=camera).set(1)
+            self._write_stalls()
+
+    def _write_stalls(self) -> None:
+        try:
+            write_stalls(self.cfg.runtime_path(), self.stalls.snapshot(time.monotonic()))
+        except (OSError, ConfigError) as exc:
+            log.debug("stalls not written: %s", exc)
 
     def run(self) -> None:
         """Serve until :meth:`stop` (or SIGTERM/SIGINT via :func:`main`); then reject what is pending."""
@@ -284,6 +325,7 @@ class GateService:
                 if poller.poll(sweep_ms):
                     self._drain()
                 self.gate.sweep(now_ns())
+                self._check_stalls()
                 self.plc.heartbeat()
                 self.watchdog.tick()
             self._drain(100_000)

@@ -109,7 +109,17 @@ class Verdict(Strict):
     detail: str = ""
 
 
-Event = Annotated[Announcement | Overload | Verdict, Field(discriminator="type")]
+class CameraStopped(Strict):
+    """Acquire stops on purpose (shutdown, end of a replayed folder): no frames are expected from it any more, so
+    the gate does not report the camera as stalled."""
+
+    type: Literal["camera_stopped"] = "camera_stopped"
+    schema_version: int = SCHEMA_VERSION
+    camera: str
+    t_ns: Int64
+
+
+Event = Annotated[Announcement | Overload | Verdict | CameraStopped, Field(discriminator="type")]
 
 
 class _EventEnvelope(BaseModel):
@@ -244,12 +254,12 @@ def _identity(loose: Any) -> tuple[str, int, int]:
     )
 
 
-def encode_event(event: Announcement | Overload | Verdict) -> bytes:
+def encode_event(event: Announcement | Overload | Verdict | CameraStopped) -> bytes:
     """Serialise an event for a single-part ZeroMQ message."""
     return event.model_dump_json().encode()
 
 
-def decode_event(data: bytes) -> Announcement | Overload | Verdict:
+def decode_event(data: bytes) -> Announcement | Overload | Verdict | CameraStopped:
     """Parse an event; raises :class:`BadMessage` naming what was wrong."""
     try:
         return _EventEnvelope.model_validate_json(b'{"event":' + bytes(data) + b"}").event

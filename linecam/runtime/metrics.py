@@ -90,6 +90,10 @@ class LineMetrics:
         self.plc_writes = Counter("linecam_plc_writes", "Results written to the PLC", registry=r)
         self.plc_write_errors = Counter("linecam_plc_write_errors", "Results the PLC link failed to write",
                                         registry=r)
+        self.camera_stalls = Counter("linecam_camera_stalls", "Times a camera sent no frame for several periods",
+                                     ["camera"], registry=r)
+        self.camera_stalled = Gauge("linecam_camera_stalled", "1 while a camera sends no frames", ["camera"],
+                                    registry=r)
         self.plc_results_dropped = Counter(
             "linecam_plc_results_dropped", "Results never written to the PLC, by reason (late: its time had passed)",
             ["reason"], registry=r)

@@ -40,6 +40,7 @@ from linecam.config import RUNTIME_DIR_ENV, LineConfig, load_config
 from linecam.runtime.capacity import camera_fps, plan_rate, read_capacity
 from linecam.runtime.metrics import PortInUseError
 from linecam.runtime.ports import busy_port_messages
+from linecam.runtime.stalls import read_stalls
 from linecam.runtime.status import AuditTail, LineStatus
 
 log = logging.getLogger(__name__)
@@ -363,7 +364,10 @@ class Supervisor:
                 self._tail()
                 if time.monotonic() >= next_status:
                     down = self.restarting()
-                    self._say(self.status.line() + (f" | restarting: {', '.join(down)}" if down else ""))
+                    stalled: Any = read_stalls(self.rundir).get("stalled") or {}
+                    self._say(self.status.line() + (f" | restarting: {', '.join(down)}" if down else "")
+                              + (" | stalled: " + ", ".join(f"{c} ({s} s without frames)" for c, s in stalled.items())
+                                 if stalled else ""))
                     next_status += self.status_interval_s
                 time.sleep(0.05)
         except LineFailure as exc:
@@ -389,6 +393,7 @@ class Supervisor:
         summary["children"] = {c.name: {"pid": c.pid, "exit_code": c.returncode(), "killed": c.killed,
                                         "restarts": len(c.crashes)} for c in self.children}
         summary["audit_log"] = str(self.config.audit_log_path())
+        summary["camera_stalls"] = read_stalls(self.rundir).get("counts", {})
         return summary
 
     def _check_announced(self, camera: str) -> tuple[int | None, list[str]]:

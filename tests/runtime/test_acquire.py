@@ -45,6 +45,7 @@ class Bench:
         self.events = event_pull_bind(self.ctx, f"ipc://{run_dir}/events.sock", cfg)
         self.announced: list[Announcement] = []
         self.overloads: list[Overload] = []
+        self.stopped: list[Any] = []  # CameraStopped: acquire's goodbye on a clean stop
         self.received: list[Any] = []
 
     def pump(self, seconds: float, take_frames: bool = True) -> None:
@@ -57,7 +58,12 @@ class Bench:
             for sock, _ in poller.poll(20):
                 if sock is self.events:
                     event = decode_event(self.events.recv())
-                    (self.announced if isinstance(event, Announcement) else self.overloads).append(event)
+                    if isinstance(event, Announcement):
+                        self.announced.append(event)
+                    elif isinstance(event, Overload):
+                        self.overloads.append(event)
+                    else:
+                        self.stopped.append(event)
                 else:
                     header, image = decode_frame(self.frames.recv_multipart(copy=False))
                     self.received.append((header, image.copy()))
@@ -100,6 +106,7 @@ def test_announce_offer_overload_and_clean_stop(tmp_path: Path) -> None:
     assert [a.seq for a in bench.announced] == list(range(first, first + stats["announced"]))
     assert stats["announced"] == stats["offered"] + stats["overloads"]
     assert stats["overloads"] == len(bench.overloads) > 0
+    assert [e.camera for e in bench.stopped] == ["cam1"]  # the clean stop says goodbye (no stall reported)
     assert taken >= 60  # ~3 s at 40 fps while the worker kept up
     by_seq = {a.seq: a for a in bench.announced}
     for header, image in bench.received:

@@ -21,7 +21,7 @@ import zmq
 
 from linecam.config import TransportConfig
 from linecam.config.sources import GenicamSourceConfig, TriggerConfig
-from linecam.runtime.messages import Announcement, decode_event, decode_frame
+from linecam.runtime.messages import Announcement, Overload, decode_event, decode_frame
 from linecam.runtime.sources import SourceError, create_source
 from linecam.runtime.transport import event_pull_bind, frame_pull_bind
 
@@ -126,7 +126,7 @@ def run_acquire_processes(tmp_path: Path, formats: tuple[str, ...], seconds: flo
                     event = decode_event(events.recv())
                     if isinstance(event, Announcement):
                         result.announced[event.camera].append(event.seq)
-                    else:
+                    elif isinstance(event, Overload):
                         result.overloads[event.camera] += 1
                 else:
                     header, image = decode_frame(frames.recv_multipart(copy=False))

@@ -7,11 +7,11 @@ truth, the demo can count true and false rejects live.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -20,10 +20,14 @@ from linecam.config.sources import SyntheticSourceConfig
 from linecam.runtime.messages import Truth
 from linecam.runtime.sources.base import GrabbedFrame, Pacer, SourceError
 
+log = logging.getLogger(__name__)
+
 #: CPU priority (niceness) of the thread that pre-renders the bank. Pre-rendering is start-up work, but the first
 #: camera of a line starts streaming while the others still render: on the 2-core demo machine their rendering
 #: took the CPU from the inference worker, and the first camera's frames timed out for about a second.
 PRERENDER_NICENESS = 19
+#: how long opening the source waits for the whole bank before it streams what it has (see _render_bank).
+PRERENDER_WAIT_S = 2.0
 
 
 def lower_thread_priority(niceness: int) -> None:
@@ -58,20 +62,52 @@ class SyntheticSource:
         except (ValueError, KeyError) as exc:
             raise SourceError(f"source (synthetic): {exc}") from exc
         self._bank = self._render_bank(c.prerender)
-        for frame in self._bank:
-            frame.image.flags.writeable = False
 
     def _render_bank(self, count: int) -> list[GrabbedFrame]:
-        """``count`` frames rendered in a thread at the lowest CPU priority (the caller waits; errors re-raise)."""
+        """``count`` frames rendered in a background thread: the first at the caller's priority (the camera must
+        stream), the others at the lowest. The caller waits for the whole bank at most ``PRERENDER_WAIT_S``; then
+        the camera streams what is rendered while the rest follows (the returned list keeps growing).
+
+        Why not wait for all: on a machine whose cores are taken by other work at normal priority, the lowest
+        priority gets almost no CPU, and waiting for 64 frames took minutes: with two busy loops running, no
+        synthetic camera of the demo sent READY within 120 s and the line did not start. A render error before
+        the first frame re-raises here; a later one is logged and the camera replays the frames it has."""
         if not count:
             return []
+        bank: list[GrabbedFrame] = []
+        first_done = threading.Event()
+        errors: list[BaseException] = []
 
-        def work() -> list[GrabbedFrame]:
-            lower_thread_priority(PRERENDER_NICENESS)
-            return [self._render_live() for _ in range(count)]
+        def keep(frame: GrabbedFrame) -> None:
+            frame.image.flags.writeable = False  # replayed frames are sent zero-copy again and again
+            bank.append(frame)
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prerender") as pool:
-            return pool.submit(work).result()
+        def work() -> None:
+            try:
+                keep(self._render_live())
+                first_done.set()
+                lower_thread_priority(PRERENDER_NICENESS)
+                for _ in range(count - 1):
+                    if self._camera is None:  # closed meanwhile
+                        return
+                    keep(self._render_live())
+            except Exception as exc:  # noqa: BLE001 - reported below or logged: rendering is best effort after frame 1
+                errors.append(exc)
+                if first_done.is_set():
+                    log.warning("synthetic camera: pre-rendering stopped after %d frames: %s", len(bank), exc)
+            finally:
+                first_done.set()
+
+        thread = threading.Thread(target=work, name="prerender", daemon=True)
+        thread.start()
+        first_done.wait()
+        if not bank:
+            raise errors[0]
+        thread.join(PRERENDER_WAIT_S)
+        if thread.is_alive():
+            log.warning("synthetic camera: %d of %d frames pre-rendered after %.0f s (the CPU is busy); streaming "
+                        "now, the rest follows at low priority", len(bank), count, PRERENDER_WAIT_S)
+        return bank
 
     def _render(self) -> GrabbedFrame:
         """The next frame: live, or a pre-rendered one (read-only, so sending it zero-copy again is safe)."""

@@ -39,6 +39,7 @@ from linecam.runtime.messages import (
     now_ns,
 )
 from linecam.runtime.metrics import LineMetrics, start_metrics_server
+from linecam.runtime.pending import PENDING_FILE, PendingJournal, undecided
 from linecam.runtime.plc import PlcLink, PlcResult, create_plc_link
 from linecam.runtime.signals import stop_on_signals
 from linecam.runtime.stalls import StallWatch, write_stalls
@@ -174,6 +175,11 @@ class Gate:
         self.metrics.queue_depth.labels(queue="gate_pending").set(len(self.pending))
         return n
 
+    def reject_left_over(self, ann: Announcement, t_ns: int) -> None:
+        """A product a killed gate announced but never decided (runtime.pending): rejected, reason timeout."""
+        self._decide(ann, "reject", "timeout", t_ns, detail="gate restarted: no verdict in time")
+        self.metrics.deadline_misses.inc()
+
     def shutdown(self, t_ns: int) -> int:
         """Reject everything still pending (reason timeout, detail "shutdown"); returns how many."""
         n = 0
@@ -260,6 +266,14 @@ class GateService:
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self.sock = event_pull_bind(self.ctx, self.endpoint, cfg.transport)
+        pending_path = cfg.runtime_path() / PENDING_FILE
+        left = undecided(pending_path, self.audit_path)
+        for ann in sorted(left, key=lambda a: a.deadline_ns):  # what a killed gate left undecided: fail-safe
+            self.gate.reject_left_over(ann, now_ns())
+        if left:
+            log.warning("gate: %d product(s) left undecided by the previous gate rejected (timeout)", len(left))
+        self.pending_journal = PendingJournal(pending_path)
+        self.pending_journal.compact([], force=True)
         self.stalls = StallWatch({c.name: camera_fps(cfg, c.name) for c in cfg.cameras}, cfg.gate.stall_periods)
         for name in self.stalls.limits:
             self.metrics.camera_stalled.labels(camera=name).set(0)
@@ -288,6 +302,7 @@ class GateService:
                 self.stalls.stopped(event.camera)
                 continue
             if isinstance(event, Announcement):
+                self.pending_journal.add(event)  # before it is handled: a kill now still leaves it on file
                 self._camera_frame(event.camera)
             self.gate.on_event(event, now_ns())
         return n
@@ -325,6 +340,7 @@ class GateService:
                 if poller.poll(sweep_ms):
                     self._drain()
                 self.gate.sweep(now_ns())
+                self.pending_journal.compact(self.gate.pending.values())
                 self._check_stalls()
                 self.plc.heartbeat()
                 self.watchdog.tick()
@@ -338,6 +354,8 @@ class GateService:
             self.close()
 
     def close(self) -> None:
+        self.pending_journal.compact(self.gate.pending.values(), force=True)
+        self.pending_journal.close()
         self.sock.close(0)
         self.plc.close()
         self.audit.close()

@@ -414,11 +414,11 @@ class Supervisor:
         problems = []
         if len(seqs) != len(set(seqs)):
             problems.append(f"camera {camera}: {len(seqs) - len(set(seqs))} ids have more than one audit line")
-        total = 0
+        total = 0  # what acquire counted (a killed process: at least its last snapshot, or what the audit shows)
         for i, (first, count, complete) in enumerate(runs):
             end = runs[i + 1][0] if i + 1 < len(runs) else None
             mine = [q for q in seqs if q >= first and (end is None or q < end)]
-            total += len(mine)
+            total += count if complete else max(count, len(mine))
             if mine != list(range(first, first + len(mine))):
                 problems.append(f"camera {camera}: ids from {first} have holes in the audit log")
             if (complete and len(mine) != count) or (not complete and len(mine) < count):

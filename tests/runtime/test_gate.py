@@ -176,3 +176,28 @@ def test_gate_service_over_real_sockets(make_config, short_dir: Path, tmp_path: 
     assert [s for s, r in reasons.items() if r == "timeout"] == [3, 7, 11, 15, 19]
     assert len(stream.getvalue().splitlines()) == n
     assert service.metrics.bad_messages.labels(socket="events")._value.get() == 1
+
+
+def test_a_gate_killed_with_products_pending_leaves_them_for_the_next_one(tmp_path: Path) -> None:
+    """kill -9 of the gate lost the products it held in memory; now the next gate rejects them (timeout)."""
+    from linecam.runtime.audit import AuditLog, read_audit
+    from linecam.runtime.messages import Announcement, now_ns
+    from linecam.runtime.pending import PendingJournal, undecided
+
+    journal, audit_path = tmp_path / "gate-pending.jsonl", tmp_path / "audit.jsonl"
+    pending = PendingJournal(journal)
+    t = now_ns()
+    anns = [Announcement(camera="cam1", seq=s, slot=s, t_capture_ns=t, deadline_ns=t + 10**8) for s in range(4)]
+    for ann in anns:
+        pending.add(ann)
+    audit = AuditLog(audit_path)
+    audit.write({"camera": "cam1", "seq": 0, "decision": "accept"})  # the first two were decided before the kill
+    audit.write({"camera": "cam1", "seq": 1, "decision": "reject"})
+    audit.close()
+    with journal.open("ab") as f:
+        f.write(b'{"type": "announce", "camera": "cam1", "se')  # the kill cut the last line
+    assert [a.seq for a in undecided(journal, audit_path)] == [2, 3]
+    pending.compact([anns[3]], force=True)
+    assert [a.seq for a in undecided(journal, audit_path)] == [3]
+    pending.close()
+    assert len(read_audit(audit_path)) == 2

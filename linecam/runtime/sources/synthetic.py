@@ -49,6 +49,7 @@ class SyntheticSource:
         self._pacer = Pacer(config.fps)
         self._pending: GrabbedFrame | None = None
         self._bank: list[GrabbedFrame] = []
+        self._render_thread: threading.Thread | None = None
         self.frames = 0
         self.defects = 0
 
@@ -100,6 +101,7 @@ class SyntheticSource:
 
         thread = threading.Thread(target=work, name="prerender", daemon=True)
         thread.start()
+        self._render_thread = thread
         first_done.wait()
         if not bank:
             raise errors[0]
@@ -142,7 +144,17 @@ class SyntheticSource:
         return frame
 
     def close(self) -> None:
+        """Stop pre-rendering and wait for its thread: a daemon thread still inside the renderer when the
+        interpreter exits aborted the process (exit code -6 under CPU load, when the bank was still filling)."""
         self._camera = None
+        thread = self._render_thread
+        if thread is not None and thread.is_alive():
+            if sys.platform.startswith("linux") and thread.native_id is not None:
+                with contextlib.suppress(OSError):  # let it finish its frame at our priority, not the lowest
+                    os.setpriority(os.PRIO_PROCESS, thread.native_id,
+                                   os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            thread.join(timeout=10.0)
+        self._render_thread = None
         self._bank = []
 
     def describe(self) -> dict[str, Any]:

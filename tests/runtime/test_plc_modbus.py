@@ -318,3 +318,34 @@ def test_the_heartbeat_stops_while_results_are_dropped(rt, tmp_path: Path) -> No
     after = [t for t in beats if t > stop_dropping + 200_000_000]
     assert len(before) >= 3 and during == [] and len(after) >= 2, (len(before), during, len(after))
     assert link.writes == 0 and link.dropped_late == seq
+
+
+def test_a_request_that_spanned_a_stopped_process_does_not_teach_the_link_a_slow_plc(rt) -> None:
+    """A gate stopped for 3 s (SIGSTOP) mid-request measured a 3 s round trip; predicting from it, the link dropped
+    every later result as late and the PLC got none until the end of the run (fault suite, stop-gate row)."""
+    link = _link(rt.free_port())
+    link._stop.set()  # the writer thread is not needed: the requests below are issued directly
+    link._thread.join(timeout=5)
+
+    class Answer:
+        def isError(self) -> bool:  # noqa: N802 - pymodbus's name
+            return False
+
+    class Client:
+        delay = 0.0
+
+        def write_registers(self, *args: Any, **kwargs: Any) -> Answer:
+            time.sleep(self.delay)
+            return Answer()
+
+    client = Client()
+    link._client = client  # type: ignore[assignment]
+    link._write(BASE, [1])
+    fast = link._rtt_ns
+    assert 0 < fast < 50_000_000
+    client.delay = 0.8  # longer than timeout_s (0.5): the process was stopped, not the PLC slow
+    link._write(BASE, [1])
+    assert link._rtt_ns == fast
+    due_soon = replace(_result(1), write_by_ns=time.time_ns() + 200_000_000)
+    assert not link._late(due_soon, requests=2)  # still sent
+    link._client = None

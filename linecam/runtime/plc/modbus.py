@@ -169,7 +169,8 @@ class ModbusLink:
         if response.isError():
             raise PlcWriteError(f"write {address}: PLC answered {response}")
         rtt = time.time_ns() - t0  # the round trip a next request can expect (moving average)
-        self._rtt_ns = rtt if self._rtt_ns == 0 else int(0.8 * self._rtt_ns + 0.2 * rtt)
+        if rtt <= self.cfg.timeout_s * 1e9:  # a request that spanned a stopped process says nothing about the next
+            self._rtt_ns = rtt if self._rtt_ns == 0 else int(0.8 * self._rtt_ns + 0.2 * rtt)
         if not self._connected:
             log.info("PLC %s:%d answering", self.cfg.host, self.cfg.port)
             self._set_connected(True)

@@ -25,8 +25,8 @@ def rejects(scores: np.ndarray | float, threshold: float) -> np.ndarray:
 
 
 def decide(score: float, threshold: float) -> Literal["accept", "reject"]:
-    """The verdict for one score."""
-    return "reject" if bool(rejects(score, threshold)) else "accept"
+    """The verdict for one score (per region of every frame: plain floats, no array; NaN is not <= anything)."""
+    return "accept" if float(score) <= threshold else "reject"
 
 
 def threshold_rejecting(score: float) -> float:

@@ -64,6 +64,11 @@ class CameraConfig(Strict):
     #: a calibration folder holding regions.yaml, or an inline list; always a list after load_config.
     regions: Path | list[RegionConfig]
 
+    def frame_size(self) -> tuple[int, int] | None:
+        """(height, width) of this camera's frames when the config fixes it, else None (device default, folder)."""
+        width, height = getattr(self.source, "width", None), getattr(self.source, "height", None)
+        return (int(height), int(width)) if width and height else None
+
     def region_list(self) -> list[RegionConfig]:
         """The resolved regions (load_config always resolves a calibration folder into the list)."""
         if not isinstance(self.regions, list):

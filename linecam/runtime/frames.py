@@ -29,10 +29,7 @@ def frame_limits(cfg: LineConfig) -> FrameLimits:
     """What a frame may claim on this line: only its cameras, each at its configured size where the config has
     one, and no buffer above the largest such frame (RGBa at 16 bit per channel, the widest layout) or, with a
     camera of unknown size, above ``transport.max_frame_bytes``."""
-    sizes: dict[str, tuple[int, int] | None] = {}
-    for cam in cfg.cameras:
-        width, height = getattr(cam.source, "width", None), getattr(cam.source, "height", None)
-        sizes[cam.name] = (int(height), int(width)) if width and height else None
+    sizes = {cam.name: cam.frame_size() for cam in cfg.cameras}
     cap = cfg.transport.max_frame_bytes
     known = [size for size in sizes.values() if size is not None]
     if len(known) == len(sizes):

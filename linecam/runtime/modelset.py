@@ -237,15 +237,14 @@ class ModelSet:
         def warm(detector: Detector) -> None:
             shapes: set[tuple[int, int, bool]] = set()
             for cam in self.cfg.cameras:
-                width = getattr(cam.source, "width", None)
-                height = getattr(cam.source, "height", None)
+                size = cam.frame_size()
                 for region in self.regions.get(cam.name, []):
                     if region.config.model != model:
                         continue
                     if region.config.box is not None:
                         shapes.add((region.config.box[3], region.config.box[2], region.mask is not None))
-                    elif width is not None and height is not None:
-                        shapes.add((height, width, region.mask is not None))
+                    elif size is not None:
+                        shapes.add((*size, region.mask is not None))
             h_in, w_in = detector.input_size
             for h, w, masked in sorted(shapes):
                 for n in sorted({1, self.cfg.infer.max_batch}):

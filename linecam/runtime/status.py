@@ -24,10 +24,12 @@ class AuditError(ValueError):
 class AuditTail:
     """Reads the complete lines appended to an audit log since the last call."""
 
-    def __init__(self, path: Path, *, from_end: bool = False) -> None:
-        """``from_end``: skip what the file already holds (an append-only log from earlier runs)."""
+    def __init__(self, path: Path, *, from_end: bool = False, offset: int | None = None) -> None:
+        """``from_end``: skip what the file already holds (an append-only log from earlier runs); ``offset``:
+        start at that byte (a :attr:`start` of an earlier tail, to read one run's lines again)."""
         self.path = path
-        self._offset = path.stat().st_size if from_end and path.is_file() else 0
+        self._offset = offset if offset is not None else path.stat().st_size if from_end and path.is_file() else 0
+        self.start = self._offset
         self._partial = b""
         self.lineno = 0
 

@@ -159,7 +159,6 @@ class Supervisor:
         self.failures: list[str] = []
         self.final_summary: dict[str, Any] = {}
         self._stats_files: dict[str, list[Path]] = {}
-        self._audit_seqs: dict[str, list[int]] = {}
         self.config_path = rundir / "line.yaml"
         (rundir / "logs").mkdir(parents=True, exist_ok=True)
         (rundir / "notify").mkdir(parents=True, exist_ok=True)
@@ -337,10 +336,7 @@ class Supervisor:
 
     # -- status --------------------------------------------------------------------------------
     def _tail(self) -> None:
-        records = self.audit.read_new()
-        for record in records:
-            self._audit_seqs.setdefault(str(record["camera"]), []).append(int(record["seq"]))
-        self.status.add(records)
+        self.status.add(self.audit.read_new())
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -385,8 +381,11 @@ class Supervisor:
         """Status totals plus, per camera, announced frames vs audit lines (they must be equal)."""
         summary = self.status.summary()
         announced: dict[str, int | None] = {}
+        seqs: dict[str, list[int]] = {}  # this run's audit lines, read once here rather than kept per product
+        for record in AuditTail(self.audit.path, offset=self.audit.start).read_new():
+            seqs.setdefault(str(record["camera"]), []).append(int(record["seq"]))
         for cam in self.config.cameras:
-            announced[cam.name], problems = self._check_announced(cam.name)
+            announced[cam.name], problems = self._check_announced(cam.name, seqs.get(cam.name, []))
             self.failures += problems
         summary["announced"] = announced
         summary["camera_fps"] = {cam.name: camera_fps(self.config, cam.name) for cam in self.config.cameras}
@@ -396,7 +395,7 @@ class Supervisor:
         summary["camera_stalls"] = read_stalls(self.rundir).get("counts", {})
         return summary
 
-    def _check_announced(self, camera: str) -> tuple[int | None, list[str]]:
+    def _check_announced(self, camera: str, audit_seqs: list[int]) -> tuple[int | None, list[str]]:
         """Frames a camera's acquire processes announced, checked against the audit log: each start's ids run
         from its first id without a hole, one audit line each; a cleanly stopped process counted exactly that
         many, a killed one at least its last counters snapshot. -> (announced, problems)."""
@@ -410,7 +409,7 @@ class Supervisor:
         if not runs:
             return None, []
         runs.sort()
-        seqs = sorted(self._audit_seqs.get(camera, []))
+        seqs = sorted(audit_seqs)
         problems = []
         if len(seqs) != len(set(seqs)):
             problems.append(f"camera {camera}: {len(seqs) - len(set(seqs))} ids have more than one audit line")

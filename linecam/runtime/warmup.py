@@ -27,10 +27,10 @@ def blank_frames(cfg: LineConfig) -> list[list[Any]]:
     """One black frame per camera whose size the config knows, never stale (captured an hour from now)."""
     frames = []
     for cam in cfg.cameras:
-        width, height = getattr(cam.source, "width", None), getattr(cam.source, "height", None)
-        if width is None or height is None:
+        size = cam.frame_size()
+        if size is None:
             continue  # size known only from the first real frame
-        image = np.zeros((height, width, 3), np.uint8)
+        image = np.zeros((*size, 3), np.uint8)
         header = FrameHeader(camera=cam.name, seq=0, slot=0, t_capture_ns=now_ns() + 3_600_000_000_000,
                              shape=image.shape, dtype="uint8", pixel_format="RGB8")
         frames.append(encode_frame(header, image))

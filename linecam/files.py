@@ -1,11 +1,12 @@
-"""Writing a file so that no reader and no crash ever sees half of it."""
+"""Writing files safely: so that no reader and no crash ever sees half of one, and key files with exactly the mode
+asked for."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "write_key_file"]
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, *, durable: bool = False) -> int:
@@ -23,3 +24,19 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, durable: bool = F
             os.fsync(f.fileno())
     os.replace(tmp, target)
     return len(data)
+
+
+def write_key_file(path: str | os.PathLike[str], data: bytes, mode: int, force: bool = False) -> None:
+    """Create a key file with exactly ``mode`` (0600 for secrets, whatever the umask); an existing file is
+    refused unless ``force``: overwriting a key silently would lock out every host that holds its pair."""
+    target = Path(path)
+    if target.exists() and not force:
+        raise FileExistsError(f"{target}: key file exists; refusing to overwrite (use --force)")
+    if target.exists():
+        target.unlink()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may have narrowed or (for a 0644 request) not widened it
+        os.write(fd, data)
+    finally:
+        os.close(fd)

@@ -31,6 +31,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tolerance", type=float, default=0.02, help="golden score tolerance recorded in the card")
     p.add_argument("--no-fp16", action="store_true", help="do not export model.fp16.onnx (TensorRT 11 input)")
     p.add_argument("--promote", action="store_true", help="point CURRENT at the new version")
+    p.add_argument("--sign-key", type=Path, default=None,
+                   help="Ed25519 private key (linecam keygen --signing): sign the new version before it can be "
+                        "promoted")
     p.set_defaults(func=cmd_publish)
 
     m = subparsers.add_parser("models", help="list, show, promote or roll back published model versions")
@@ -50,6 +53,18 @@ def register(subparsers: Any) -> None:
     rb = msub.add_parser("rollback", help="point CURRENT back at the version before the last move")
     rb.add_argument("name")
     rb.set_defaults(func=cmd_rollback)
+    sg = msub.add_parser("sign", help="sign a version (default CURRENT) with an Ed25519 private key")
+    sg.add_argument("name")
+    sg.add_argument("version", nargs="?")
+    sg.add_argument("--key", type=Path, required=True, help="private key file from `linecam keygen --signing`")
+    sg.add_argument("--force", action="store_true", help="replace an existing signature")
+    sg.set_defaults(func=cmd_sign)
+    ve = msub.add_parser("verify", help="check a version's files and its signature against public keys")
+    ve.add_argument("name")
+    ve.add_argument("version", nargs="?")
+    ve.add_argument("--trusted-key", type=Path, action="append", default=[],
+                    help="public key file (repeatable), as in infer.trusted_keys")
+    ve.set_defaults(func=cmd_verify)
 
     c = subparsers.add_parser("calibrate", help="calibrate a camera: ROI mask or threshold")
     csub = c.add_subparsers(dest="calibrate_command", metavar="WHAT", required=True)
@@ -118,8 +133,9 @@ def _errors() -> tuple[type[BaseException], ...]:
     from linecam.grdnet.modeldir import ModelDirError
     from linecam.lifecycle.calibrate import CalibrationError
     from linecam.lifecycle.registry import RegistryError
+    from linecam.modelstore.signing import SignatureError
 
-    return (RegistryError, ModelDirError, CalibrationError, ValueError, OSError)
+    return (RegistryError, ModelDirError, CalibrationError, SignatureError, ValueError, OSError)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -127,12 +143,48 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     command = " ".join(shlex.quote(a) for a in ["linecam", *sys.argv[1:]])
     try:
+        if args.sign_key is not None:  # a key that cannot sign is found before anything is published
+            from linecam.lifecycle.signing import load_private_key
+
+            load_private_key(args.sign_key)
         path = publish(args.model_dir, args.registry, args.name, version=args.version, golden=args.golden,
                        golden_count=args.golden_count, tolerance=args.tolerance, fp16=not args.no_fp16,
-                       command=command, promote=args.promote)
+                       command=command, promote=args.promote, sign_key=args.sign_key)
     except _errors() as exc:
         return _err(exc)
     print(f"published {path}")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from linecam.lifecycle.registry import resolve_version
+    from linecam.lifecycle.signing import sign_version
+
+    try:
+        path = resolve_version(args.registry / args.name, args.version)
+        signer = sign_version(path, args.key, force=args.force)
+    except _errors() as exc:
+        return _err(exc)
+    print(f"{path}: signed by key {signer}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from linecam.lifecycle.registry import resolve_version, verify_version
+    from linecam.modelstore.signing import load_trusted_keys, read_signature, verify_signature
+
+    try:
+        path = resolve_version(args.registry / args.name, args.version)
+        verify_version(path)
+        if args.trusted_key:
+            signer = verify_signature(path, load_trusted_keys(args.trusted_key))
+            print(f"{path}: files match the card; signed by trusted key {signer}")
+        else:
+            record = read_signature(path)
+            signed = f"signed by key {record['key_id']} (not checked: no --trusted-key)" if record else "unsigned"
+            print(f"{path}: files match the card; {signed}")
+    except _errors() as exc:
+        return _err(exc)
     return 0
 
 

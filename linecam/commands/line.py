@@ -58,6 +58,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    if args.signing:
+        from linecam.lifecycle.signing import generate_signing_key
+        from linecam.modelstore.signing import load_public_key
+
+        try:
+            private, public = generate_signing_key(Path(args.out), args.name, force=args.force)
+        except FileExistsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"private key {private.resolve()} (mode 0600: keep it on the machine that publishes models)")
+        print(f"public key  {public.resolve()} (id {load_public_key(public).key_id})")
+        print(f"infer:\n  trusted_keys: [{public.resolve()}]")
+        return 0
     from linecam.runtime.keys import generate_keys
 
     try:
@@ -111,8 +124,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL on shutdown")
     p.set_defaults(func=_run)
 
-    p = subparsers.add_parser("keygen", help="write CURVE key pairs for tcp endpoints (remote worker)")
-    p.add_argument("--out", required=True, help="folder for server.key(_secret) and client.key(_secret)")
+    p = subparsers.add_parser("keygen", help="write CURVE key pairs for tcp endpoints (remote worker), or with "
+                                             "--signing an Ed25519 pair that signs model versions")
+    p.add_argument("--out", required=True, help="folder for server.key(_secret) and client.key(_secret), or for "
+                                                "NAME.key and NAME.pub with --signing")
+    p.add_argument("--signing", action="store_true", help="an Ed25519 model-signing pair instead of CURVE keys")
+    p.add_argument("--name", default="model-signing", help="file name stem of the signing pair")
     p.add_argument("--force", action="store_true", help="overwrite existing key files")
     p.set_defaults(func=_keygen)
     p = subparsers.add_parser("infer", help="run the inference worker (frames in, verdicts to the gate)")

@@ -112,6 +112,9 @@ class InferConfig(Strict):
     #: frames a swapped-in version must serve without error before the previous one is released; an error
     #: before that rolls back to the previous version automatically.
     swap_probation_frames: int = Field(50, ge=0, le=10_000_000)
+    #: public keys (PEM files from ``linecam keygen --signing``) whose Ed25519 signature a model version must carry
+    #: to be loaded or swapped in; empty: signatures are not checked (the sha256 list of the card still is).
+    trusted_keys: list[Path] = Field(default_factory=list, max_length=64)
     #: |score| tolerance of the golden-image check of a new version (None: the card's own tolerance).
     golden_tolerance: float | None = Field(None, gt=0, le=1)
     max_batch: int = Field(8, ge=1, le=1024)
@@ -372,7 +375,16 @@ def _resolve_paths(cfg: LineConfig, base: Path, source: str) -> LineConfig:
             client_secret=_resolve(c.client_secret, base),
         )
         transport = transport.model_copy(update={"curve": curve})
-    infer = cfg.infer.model_copy(update={"reject_dir": _resolve(cfg.infer.reject_dir, base)})
+    from linecam.modelstore.signing import SignatureError, load_public_key
+
+    trusted_keys = [_resolve(p, base) for p in cfg.infer.trusted_keys]
+    for i, key_path in enumerate(trusted_keys):
+        try:
+            load_public_key(key_path)  # type: ignore[arg-type]  # _resolve keeps a Path a Path
+        except SignatureError as exc:
+            raise ConfigError(f"{source}: infer.trusted_keys[{i}]: {exc}") from None
+    infer = cfg.infer.model_copy(update={"reject_dir": _resolve(cfg.infer.reject_dir, base),
+                                         "trusted_keys": trusted_keys})
     plc = cfg.gate.plc
     if isinstance(plc, LogPlcConfig) and plc.path is not None:
         plc = plc.model_copy(update={"path": _resolve(plc.path, base)})

@@ -165,12 +165,14 @@ def publish(
     fp16: bool = True,
     command: str = "",
     promote: bool = False,
+    sign_key: str | Path | None = None,
 ) -> Path:
     """Publish ``model_dir`` as ``<registry_root>/<name>/<version>`` and return that folder.
 
     Copies the weights (hash-checked), exports ``model.onnx`` when the source has none, writes golden
-    images and their fp32 reference scores into the card, records the command, then renames the staged
-    folder into place and makes it read-only. An existing version is never overwritten.
+    images and their fp32 reference scores into the card, records the command, signs the card with
+    ``sign_key`` (Ed25519 private key) when given, then renames the staged folder into place and makes it
+    read-only. An existing version is never overwritten.
     """
     import cv2
 
@@ -240,6 +242,10 @@ def publish(
                  "command": command or final_card.command}
         write_card(stage, final_card.model_copy(update=extra))
         verify_version(stage)
+        if sign_key is not None:
+            from linecam.lifecycle.signing import sign_version
+
+            sign_version(stage, sign_key)
         (stage / CARD_FILE).chmod(0o644)
         _make_read_only(stage)
         if final.exists():

@@ -207,6 +207,14 @@ def show(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # report, do not raise: `show` is how a person finds out what is wrong
         data["verified"] = False
         data["verify_error"] = str(exc)
+    from linecam.modelstore.signing import SignatureError, read_signature
+
+    try:
+        record = read_signature(d)
+        data["signature"] = ({"key_id": record["key_id"], "signed": record.get("signed")} if record is not None
+                             else None)
+    except SignatureError as exc:
+        data["signature"] = {"error": str(exc)}
     return data
 
 

@@ -1,7 +1,8 @@
 """Hot swap of registry models in the inference worker: watch CURRENT, load and check in the background.
 
 Why this shape: the line never stops for a model update. A :class:`ModelWatcher` per registry model notices a
-new CURRENT, and on a background thread verifies the version's hashes (a mismatch is refused), opens it
+new CURRENT, and on a background thread verifies the version's hashes (a mismatch is refused) and, when the
+line trusts signing keys, its Ed25519 signature (an unsigned or foreign version is refused), opens it
 with the worker's backend, runs the golden images and compares them with the scores the card recorded at
 publish time, and warms it up. Only a candidate that passed all of that is handed to the worker, which
 swaps it in between two batches (:meth:`take`), so no batch ever mixes versions and no frame waits for a
@@ -21,12 +22,14 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 
+from linecam.modelstore.signing import TrustedKey, verify_signature
 from linecam.modelstore.versions import golden_tolerance, read_current, read_golden, verify_version
 
 log = logging.getLogger(__name__)
 
 #: every value the ``result`` label of linecam_model_swaps_total takes.
-SWAP_RESULTS = ("swapped", "committed", "rolled_back", "refused_hash", "refused_golden", "load_error")
+SWAP_RESULTS = ("swapped", "committed", "rolled_back", "refused_hash", "refused_signature", "refused_golden",
+                "load_error")
 
 
 def swap_counter(registry: CollectorRegistry) -> Counter:
@@ -52,7 +55,7 @@ class ModelWatcher:
 
     ``open_detector(path)`` opens a version with the worker's backend; ``warm(detector)`` runs it on the
     worker's crop shapes so the first live batch pays no tracing cost. ``tolerance`` overrides the card's
-    golden tolerance when given.
+    golden tolerance when given. With ``trusted`` keys, a version must carry a signature by one of them.
     """
 
     def __init__(
@@ -64,7 +67,9 @@ class ModelWatcher:
         counter: Counter,
         warm: Callable[[Any], None] | None = None,
         tolerance: float | None = None,
+        trusted: Sequence[TrustedKey] = (),
     ) -> None:
+        self._trusted = list(trusted)
         self.model = model
         self.registry = Path(registry)
         self.active_version = active_version
@@ -118,6 +123,14 @@ class ModelWatcher:
             log.error("model %s: version %s REFUSED: %s", self.model, version, exc)
             self.count("refused_hash")
             return None
+        if self._trusted:
+            try:
+                signer = verify_signature(path, self._trusted)
+            except Exception as exc:
+                log.error("model %s: version %s REFUSED: %s", self.model, version, exc)
+                self.count("refused_signature")
+                return None
+            log.info("model %s: version %s is signed by trusted key %s", self.model, version, signer)
         try:
             detector = self._open(path)
         except Exception as exc:

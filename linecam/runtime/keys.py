@@ -9,12 +9,12 @@ mode 0600 (whatever the umask), public files 0644, never overwriting existing ke
 from __future__ import annotations
 
 import datetime
-import os
 import stat
 from pathlib import Path
 
 import zmq
 
+from linecam.files import write_key_file
 from linecam.runtime.transport import CurveKeyError, load_secret_key
 
 #: file names per side, following the zmq.auth convention (``NAME.key`` public, ``NAME.key_secret``).
@@ -37,19 +37,6 @@ def _certificate(public: bytes, secret: bytes | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(path: Path, text: str, mode: int, force: bool) -> None:
-    if path.exists() and not force:
-        raise FileExistsError(f"{path}: key file exists; refusing to overwrite (use --force)")
-    if path.exists():
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask may have narrowed or (for a 0644 request) not widened it
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
 def generate_keys(out_dir: Path, force: bool = False) -> dict[str, Path]:
     """Write server and client key pairs into ``out_dir``; returns the four paths by config field name.
 
@@ -62,8 +49,8 @@ def generate_keys(out_dir: Path, force: bool = False) -> dict[str, Path]:
     for side in SIDES:
         public, secret = zmq.curve_keypair()
         pub_path, sec_path = out_dir / f"{side}.key", out_dir / f"{side}.key_secret"
-        _write(pub_path, _certificate(public, None), 0o644, force)
-        _write(sec_path, _certificate(public, secret), 0o600, force)
+        write_key_file(pub_path, _certificate(public, None).encode(), 0o644, force)
+        write_key_file(sec_path, _certificate(public, secret).encode(), 0o600, force)
         paths[f"{side}_public"], paths[f"{side}_secret"] = pub_path, sec_path
     return paths
 

@@ -20,6 +20,7 @@ import numpy as np
 from linecam.backends.base import Detector, create_detector
 from linecam.config import ConfigError, LineConfig
 from linecam.config.regions import RegionConfig
+from linecam.modelstore.signing import SignatureError, TrustedKey, load_trusted_keys, verify_signature
 from linecam.runtime.frames import FrameItem
 from linecam.runtime.hotswap import ModelWatcher, WatcherThread, swap_counter
 from linecam.runtime.metrics import LineMetrics
@@ -27,7 +28,8 @@ from linecam.runtime.regions import load_mask
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Entry", "ModelSet", "Region", "card_version_threshold", "load_detectors", "open_detector", "used_models"]
+__all__ = ["Entry", "ModelSet", "Region", "card_version_threshold", "check_signatures", "load_detectors",
+           "open_detector", "used_models"]
 
 
 def card_version_threshold(model_dir: Path) -> tuple[str, float | None]:
@@ -58,6 +60,26 @@ def open_detector(cfg: LineConfig, path: Path, factory: Callable[..., Detector] 
     except TypeError as exc:
         raise ValueError(f"infer.backend_options {options} do not fit backend {cfg.infer.backend!r} "
                          f"for {path}: {exc}") from exc
+
+
+def check_signatures(cfg: LineConfig, model_dirs: Mapping[str, Path]) -> list[TrustedKey]:
+    """The line's trusted keys, after checking that every model folder about to be served is signed by one.
+
+    ConfigError names the model and the folder when one is not: a line configured to trust only signed models
+    does not start on an unsigned one. Without ``infer.trusted_keys`` nothing is checked, and that is logged.
+    """
+    if not cfg.infer.trusted_keys:
+        log.warning("model signatures are not checked (infer.trusted_keys is empty): any version whose files "
+                    "match its card's sha256 list is served")
+        return []
+    try:
+        trusted = load_trusted_keys(cfg.infer.trusted_keys)
+        for name, folder in model_dirs.items():
+            signer = verify_signature(folder, trusted)
+            log.info("model %s: %s is signed by trusted key %s", name, folder, signer)
+    except SignatureError as exc:
+        raise ConfigError(f"{cfg.source_path or 'config'}: infer.trusted_keys: {exc}") from None
+    return trusted
 
 
 def load_detectors(cfg: LineConfig, factory: Callable[..., Detector] = create_detector,
@@ -106,6 +128,7 @@ class ModelSet:
         self._factory = factory
         #: the folder each model was loaded from (for registry models: the version CURRENT pointed at).
         self.model_dirs: dict[str, Path] = {name: cfg.models[name].model_dir() for name in used_models(cfg)}
+        self.trusted_keys = check_signatures(cfg, self.model_dirs)
         self.detectors: dict[str, Detector] = (dict(detectors) if detectors is not None
                                                else load_detectors(cfg, factory, self.model_dirs))
         # (version, card threshold) per model FOLDER: a published folder never changes, so entries stay valid
@@ -116,7 +139,8 @@ class ModelSet:
         self.swap_counter = swap_counter(metrics.registry)
         self.watchers = {
             name: ModelWatcher(name, ref.registry, self.model_dirs[name].name, self._open, self.swap_counter,
-                               warm=self._make_warmer(name), tolerance=cfg.infer.golden_tolerance)
+                               warm=self._make_warmer(name), tolerance=cfg.infer.golden_tolerance,
+                               trusted=self.trusted_keys)
             for name, ref in cfg.models.items() if ref.registry is not None and name in self.model_dirs
         }
         self.watcher_thread = WatcherThread(list(self.watchers.values()), cfg.infer.swap_poll_s)

@@ -320,32 +320,57 @@ def test_the_heartbeat_stops_while_results_are_dropped(rt, tmp_path: Path) -> No
     assert link.writes == 0 and link.dropped_late == seq
 
 
+class _Answer:
+    def isError(self) -> bool:  # noqa: N802 - pymodbus's name
+        return False
+
+
+class _DelayedClient:
+    """Stands in for the Modbus client where only the round-trip time matters: each write answers after ``delay``."""
+
+    delay = 0.0
+
+    def write_registers(self, *args: Any, **kwargs: Any) -> _Answer:
+        time.sleep(self.delay)
+        return _Answer()
+
+
+def _link_with_slow_client(port: int) -> tuple[ModbusLink, _DelayedClient]:
+    """A link without its writer thread (the requests are issued directly) and a client with a settable delay."""
+    link = _link(port)
+    link._stop.set()
+    link._thread.join(timeout=5)
+    client = _DelayedClient()
+    link._client = client  # type: ignore[assignment]
+    return link, client
+
+
 def test_a_request_that_spanned_a_stopped_process_does_not_teach_the_link_a_slow_plc(rt) -> None:
     """A gate stopped for 3 s (SIGSTOP) mid-request measured a 3 s round trip; predicting from it, the link dropped
     every later result as late and the PLC got none until the end of the run (fault suite, stop-gate row)."""
-    link = _link(rt.free_port())
-    link._stop.set()  # the writer thread is not needed: the requests below are issued directly
-    link._thread.join(timeout=5)
-
-    class Answer:
-        def isError(self) -> bool:  # noqa: N802 - pymodbus's name
-            return False
-
-    class Client:
-        delay = 0.0
-
-        def write_registers(self, *args: Any, **kwargs: Any) -> Answer:
-            time.sleep(self.delay)
-            return Answer()
-
-    client = Client()
-    link._client = client  # type: ignore[assignment]
+    link, client = _link_with_slow_client(rt.free_port())
     link._write(BASE, [1])
-    fast = link._rtt_ns
+    fast = max(link._rtts)
     assert 0 < fast < 50_000_000
     client.delay = 0.8  # longer than timeout_s (0.5): the process was stopped, not the PLC slow
     link._write(BASE, [1])
-    assert link._rtt_ns == fast
+    assert max(link._rtts) == fast
     due_soon = replace(_result(1), write_by_ns=time.time_ns() + 200_000_000)
     assert not link._late(due_soon, requests=2)  # still sent
+    link._client = None
+
+
+def test_one_slow_answer_among_fast_ones_is_what_the_late_check_plans_for(rt) -> None:
+    """Under CPU load the PLC took a toggle after its time although the moving average of the round trips said it
+    would arrive (fault suite, overload row): the slowest recent round trip is the one a next request can take."""
+    link, client = _link_with_slow_client(rt.free_port())
+    client.delay = 0.12  # slow, but an answer (timeout_s is 0.5)
+    link._write(BASE, [1])
+    client.delay = 0.0
+    for _ in range(8):  # eight fast answers after it: an average would forget the slow one
+        link._write(BASE, [1])
+    due = replace(_result(1), write_by_ns=time.time_ns() + 150_000_000)  # one slow round trip fits, two do not
+    assert link._late(due, requests=2)
+    assert link.dropped_late == 1
+    assert not link._late(replace(_result(2), write_by_ns=time.time_ns() + 150_000_000), requests=1)
     link._client = None

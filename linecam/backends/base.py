@@ -74,8 +74,10 @@ Factory = Callable[..., Detector]
 class BackendSpec:
     """One registry entry.
 
-    ``speed_rank`` orders backends for ``backend="auto"``: the highest-ranked available backend wins. The
-    ranks come from ``bench/infer.py`` measurements (see the backend modules for the figures).
+    ``device`` is where it computes: with a GPU backend available, ``backend="auto"`` takes the highest
+    ``speed_rank`` among those (a GPU beats every CPU variant by far). On the CPU, ``auto`` times the variants
+    that ``precisions(model_dir)`` lists on this machine (:mod:`linecam.backends.autoselect`); ``speed_rank``
+    then only orders equal times and the listing.
     """
 
     name: str
@@ -83,6 +85,9 @@ class BackendSpec:
     probe: Probe
     speed_rank: int
     description: str = ""
+    device: str = "cpu"
+    #: precisions worth a timed trial here for a model dir: native ones only, int8 only where its gate passed.
+    precisions: Callable[[Path], list[str]] | None = None
 
 
 #: the backends by name. Built-ins are registered by reference and imported on first use (each module must
@@ -90,6 +95,7 @@ class BackendSpec:
 BACKENDS: Registry[BackendSpec] = Registry("backend")
 for _name, _target in (("torch-cpu", "linecam.backends.torch_cpu:SPEC"),
                        ("onnxruntime", "linecam.backends.onnxrt:SPEC"),
+                       ("openvino", "linecam.backends.openvino_backend:SPEC"),
                        ("torch-cuda", "linecam.backends.torch_cuda:SPEC"),
                        ("tensorrt", "linecam.backends.tensorrt_backend:SPEC")):
     BACKENDS.add(_name, _target)
@@ -118,7 +124,8 @@ def available_backends(model_dir: str | Path | None = None) -> list[str]:
 
 
 def create_detector(model_dir: str | Path, backend: str = "auto", **options: Any) -> Detector:
-    """Open the model in ``model_dir`` with the named backend (``"auto"``: the fastest available here).
+    """Open the model in ``model_dir`` with the named backend (``"auto"``: the fastest correct one here, decided
+    by a timed trial cached per machine and model, see :mod:`linecam.backends.autoselect`).
 
     ``options`` go to the backend's factory unchanged (e.g. ``threads``, ``precision``, ``max_batch``).
     Raises :class:`BackendUnavailableError` with the reason when the backend cannot run here, and
@@ -127,11 +134,9 @@ def create_detector(model_dir: str | Path, backend: str = "auto", **options: Any
     path = Path(model_dir)
     specs = backend_specs()
     if backend == "auto":
-        names = available_backends(path)
-        if not names:
-            reasons = "; ".join(f"{n}: {s.probe(path)}" for n, s in specs.items())
-            raise BackendUnavailableError(f"no inference backend can run {path} here ({reasons})")
-        backend = names[0]
+        from linecam.backends.autoselect import choose_detector
+
+        return choose_detector(path, **options)
     spec = specs.get(backend)
     if spec is None:
         raise ValueError(f"unknown backend {backend!r}; registered: {', '.join(sorted(specs))}")

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from linecam.backends.graph import InferenceGraph
+from linecam.backends.inputs import to_rgb
 from linecam.backends.modelfiles import ONNX_FP16_NAME, ONNX_NAME, read_golden_images
 from linecam.backends.onnxrt import (
     INPUT_IMAGES,
@@ -32,7 +33,6 @@ from linecam.backends.onnxrt import (
     OUTPUT_MAPS,
     OUTPUT_SCORES,
     OnnxRuntimeDetector,
-    to_rgb,
 )
 from linecam.progress import phase
 

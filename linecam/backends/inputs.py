@@ -64,3 +64,41 @@ def check_masks(masks: object, n_images: int) -> np.ndarray | None:
     else:
         raise ValueError(f"masks must be bool, uint8 or float, got dtype {masks.dtype}")
     return np.ascontiguousarray(out[:, None])
+
+
+def to_rgb(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) uint8 with C in 1, 3, 4 -> contiguous (N, H, W, 3): gray replicated, alpha dropped."""
+    channels = images.shape[-1]
+    if channels == 3:
+        return images
+    if channels == 1:
+        return np.ascontiguousarray(np.broadcast_to(images, (*images.shape[:3], 3)))
+    return np.ascontiguousarray(images[..., :3])
+
+
+class GraphFeeds:
+    """The two inputs of the exported graph for one :meth:`Detector.detect` call, for backends that run
+    ``model.onnx`` (onnxruntime, OpenVINO): validated RGB images and a float (N, 1, h, w) mask.
+
+    The exported graph has a fixed channel count and always takes a mask; without a caller mask a cached
+    all-ones mask at the model size is fed, so one graph serves both cases.
+    """
+
+    def __init__(self, input_size: tuple[int, int]) -> None:
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self._ones: dict[int, np.ndarray] = {}
+
+    def __call__(self, images: np.ndarray, masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        imgs = to_rgb(check_images(images))
+        n = imgs.shape[0]
+        mask = check_masks(masks, n)
+        if mask is None:
+            mask = self._ones.get(n)
+            if mask is None:
+                mask = self._ones[n] = np.ones((n, 1, *self.input_size), dtype=np.float32)
+        elif mask.shape[0] != n:
+            mask = np.ascontiguousarray(np.broadcast_to(mask, (n, *mask.shape[1:])))
+        return imgs, mask
+
+    def clear(self) -> None:
+        self._ones.clear()

@@ -15,7 +15,18 @@ import numpy as np
 
 ONNX_NAME = "model.onnx"
 ONNX_FP16_NAME = "model.fp16.onnx"
+#: the INT8 (quantize-dequantize) graph; listed in the card only after it passed the INT8 quality gate.
+ONNX_INT8_NAME = "model.int8.onnx"
 GOLDEN_DIR = "golden"
+#: per-machine files derived from a model (TensorRT plans, the ``auto`` trial) live beside its folder, never in it:
+#: a published version folder is immutable and the same on every machine, these are not.
+CACHE_DIR = ".engines"
+
+
+def model_cache_dir(model_dir: Path) -> Path:
+    """``<model_dir>/../.engines/<model_dir name>/``: where this machine's files for that model go."""
+    model_dir = Path(model_dir).resolve()
+    return model_dir.parent / CACHE_DIR / model_dir.name
 
 
 def read_card(model_dir: Path) -> tuple[Any, str]:
@@ -48,6 +59,37 @@ def verified_file(model_dir: Path, card: Any, name: str, hint: str = "") -> Path
             "or corrupted, refusing to load it"
         )
     return path
+
+
+def int8_refusal(card: Any, backend: str) -> str | None:
+    """Why ``backend`` must not run the card's INT8 graph (None when its quality gate passed on that backend)."""
+    record = getattr(card, "int8", None)
+    if not isinstance(record, dict):
+        return "the card records no INT8 quality gate (run `linecam quantize`)"
+    gates = record.get("gates") or {}
+    gate = gates.get(backend)
+    if not isinstance(gate, dict):
+        return f"the INT8 quality gate was not run on {backend} (run on: {', '.join(sorted(gates)) or 'none'})"
+    if not gate.get("passed"):
+        return f"the INT8 graph failed its quality gate on {backend}: {'; '.join(gate.get('why') or ['failed'])}"
+    return None
+
+
+def onnx_for_precision(model_dir: Path, card: Any, precision: str, backend: str) -> Path:
+    """The verified ONNX file ``backend`` runs for ``precision``: ``model.int8.onnx`` for int8, only where its
+    quality gate passed on that backend (:mod:`linecam.backends.quantize`), else ``model.onnx`` (the fp32 graph;
+    a bf16 run is a compile-time choice of the backend)."""
+    if precision == "int8":
+        from linecam.grdnet.modeldir import ModelDirError
+
+        path = Path(model_dir) / ONNX_INT8_NAME
+        refusal = int8_refusal(card, backend) if path.is_file() else None
+        if refusal is not None:
+            raise ModelDirError(f"{path}: not used by {backend}: {refusal}")
+        return verified_file(model_dir, card, ONNX_INT8_NAME,
+                             hint=f"run `linecam quantize --model {model_dir} --data DATASET`; the INT8 graph is "
+                                  "listed only when it passed the quality gate")
+    return verified_file(model_dir, card, ONNX_NAME, hint=f"run `linecam export --model {model_dir}` first")
 
 
 def read_golden_images(model_dir: Path, files: Sequence[str] | None = None) -> list[np.ndarray]:

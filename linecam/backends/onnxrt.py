@@ -21,23 +21,13 @@ from typing import Any
 import numpy as np
 
 from linecam.backends.base import BackendSpec, BackendUnavailableError, Detection
-from linecam.backends.inputs import check_images, check_masks
-from linecam.backends.modelfiles import ONNX_NAME, read_card, verified_file
+from linecam.backends.inputs import GraphFeeds
+from linecam.backends.modelfiles import ONNX_NAME, int8_refusal, onnx_for_precision, read_card
 
 INPUT_IMAGES = "images"
 INPUT_MASK = "mask"
 OUTPUT_SCORES = "scores"
 OUTPUT_MAPS = "maps"
-
-
-def to_rgb(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) uint8 with C in 1, 3, 4 -> contiguous (N, H, W, 3): gray replicated, alpha dropped."""
-    channels = images.shape[-1]
-    if channels == 3:
-        return images
-    if channels == 1:
-        return np.ascontiguousarray(np.broadcast_to(images, (*images.shape[:3], 3)))
-    return np.ascontiguousarray(images[..., :3])
 
 
 def default_providers() -> list[str]:
@@ -66,6 +56,8 @@ class OnnxRuntimeDetector:
 
         self.model_version = model_version
         self.input_size = (int(input_size[0]), int(input_size[1]))
+        #: "fp32" or "int8": which graph the session runs (set by the factory; a bare session says fp32).
+        self.precision = "fp32"
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -88,28 +80,15 @@ class OnnxRuntimeDetector:
         names = {i.name for i in self.session.get_inputs()}
         if names != {INPUT_IMAGES, INPUT_MASK}:
             raise ValueError(f"{onnx_path}: expected inputs {{images, mask}}, found {sorted(names)}")
-        self._ones: dict[int, np.ndarray] = {}
+        self._feeds = GraphFeeds(self.input_size)
         self._closed = False
-
-    def _ones_mask(self, n: int) -> np.ndarray:
-        mask = self._ones.get(n)
-        if mask is None:
-            mask = np.ones((n, 1, *self.input_size), dtype=np.float32)
-            self._ones[n] = mask
-        return mask
 
     def detect(
         self, images: np.ndarray, masks: np.ndarray | None = None, return_maps: bool = False
     ) -> Detection:
         if self._closed:
             raise RuntimeError(f"onnxruntime detector for {self.model_version} is closed")
-        imgs = to_rgb(check_images(images))
-        n = imgs.shape[0]
-        mask = check_masks(masks, n)
-        if mask is None:
-            mask = self._ones_mask(n)
-        elif mask.shape[0] != n:
-            mask = np.ascontiguousarray(np.broadcast_to(mask, (n, *mask.shape[1:])))
+        imgs, mask = self._feeds(images, masks)
         outputs = [OUTPUT_SCORES, OUTPUT_MAPS] if return_maps else [OUTPUT_SCORES]
         result = self.session.run(outputs, {INPUT_IMAGES: imgs, INPUT_MASK: mask})
         scores = np.asarray(result[0], dtype=np.float32).reshape(-1)
@@ -118,16 +97,24 @@ class OnnxRuntimeDetector:
 
     def close(self) -> None:
         self._closed = True
-        self._ones.clear()
+        self._feeds.clear()
         del self.session
 
 
-def open_onnxruntime(model_dir: Path, **options: Any) -> OnnxRuntimeDetector:
-    """Registry factory: check model.onnx against the card's sha256, then open a session on it."""
+PRECISIONS = ("auto", "fp32", "int8")
+
+
+def open_onnxruntime(model_dir: Path, precision: str = "auto", **options: Any) -> OnnxRuntimeDetector:
+    """Registry factory: the ONNX file for ``precision`` ("auto" and "fp32": model.onnx; "int8": model.int8.onnx
+    where its quality gate passed on onnxruntime), checked against the card's sha256, then a session on it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"onnxruntime option precision must be one of {PRECISIONS}, got {precision!r}")
     card, version = read_card(model_dir)
-    onnx_path = verified_file(model_dir, card, ONNX_NAME, hint="run `linecam export --model DIR` first")
+    onnx_path = onnx_for_precision(model_dir, card, "int8" if precision == "int8" else "fp32", "onnxruntime")
     h, w = card.input_size
-    return OnnxRuntimeDetector(onnx_path, (int(h), int(w)), model_version=version, **options)
+    detector = OnnxRuntimeDetector(onnx_path, (int(h), int(w)), model_version=version, **options)
+    detector.precision = "int8" if precision == "int8" else "fp32"
+    return detector
 
 
 def _probe(model_dir: Path | None) -> str | None:
@@ -140,10 +127,17 @@ def _probe(model_dir: Path | None) -> str | None:
     return None
 
 
+def _precisions(model_dir: Path) -> list[str]:
+    """fp32; int8 where the card's INT8 graph passed its quality gate on onnxruntime."""
+    card, _ = read_card(model_dir)
+    return ["fp32", "int8"] if int8_refusal(card, "onnxruntime") is None else ["fp32"]
+
+
 SPEC = BackendSpec(
     name="onnxruntime",
     factory=open_onnxruntime,
     probe=_probe,
     speed_rank=10,
     description="onnxruntime (CPU, or CUDA with onnxruntime-gpu) on the exported model.onnx",
+    precisions=_precisions,
 )

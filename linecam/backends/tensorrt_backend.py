@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 
 from linecam.backends.base import BackendSpec, BackendUnavailableError, Detection
-from linecam.backends.inputs import check_images, check_masks
-from linecam.backends.modelfiles import ONNX_FP16_NAME, ONNX_NAME, read_card, verified_file
-from linecam.backends.onnxrt import INPUT_IMAGES, INPUT_MASK, OUTPUT_MAPS, OUTPUT_SCORES, to_rgb
+from linecam.backends.inputs import check_images, check_masks, to_rgb
+from linecam.backends.modelfiles import CACHE_DIR, ONNX_FP16_NAME, ONNX_NAME, model_cache_dir, read_card, verified_file
+from linecam.backends.onnxrt import INPUT_IMAGES, INPUT_MASK, OUTPUT_MAPS, OUTPUT_SCORES
 from linecam.files import atomic_write
 
 GPU_EXTRA_HINT = "tensorrt backend needs the 'gpu' extra (pip install 'linecam[gpu]': tensorrt, pycuda)"
-ENGINES_DIR = ".engines"
+ENGINES_DIR = CACHE_DIR
 DEFAULT_MAX_BATCH = 64
 
 
@@ -94,8 +94,7 @@ def engine_cache_dir(model_dir: Path, cache_dir: str | Path | None = None) -> Pa
     """Where plans for ``model_dir`` live: ``cache_dir`` or ``<model_dir>/../.engines/<version>/``."""
     if cache_dir is not None:
         return Path(cache_dir)
-    model_dir = Path(model_dir).resolve()
-    return model_dir.parent / ENGINES_DIR / model_dir.name
+    return model_cache_dir(model_dir)
 
 
 def _device_identity(cuda: Any, device_index: int) -> tuple[str, str]:
@@ -380,4 +379,5 @@ SPEC = BackendSpec(
     probe=_probe,
     speed_rank=40,
     description="TensorRT engine built from model.fp16.onnx on the target GPU",
+    device="cuda",
 )

@@ -165,10 +165,16 @@ def _probe(model_dir: Path | None) -> str | None:
     return None  # torch itself is a hard dependency; the CPU is always there
 
 
+def _precisions(model_dir: Path) -> list[str]:
+    """fp32 always; bf16 where it is native (the trial then shows whether it is faster: only with AMX so far)."""
+    return ["fp32", "bf16"] if native_bf16() else ["fp32"]
+
+
 SPEC = BackendSpec(
     name="torch-cpu",
     factory=open_torch_cpu,
     probe=_probe,
     speed_rank=20,
     description="PyTorch on CPU, bf16 channels_last (AMX) with jit trace+freeze",
+    precisions=_precisions,
 )

@@ -197,4 +197,5 @@ SPEC = BackendSpec(
     probe=_probe,
     speed_rank=30,
     description="PyTorch on CUDA, fp16 channels_last, CUDA graphs per batch bucket",
+    device="cuda",
 )

@@ -52,6 +52,10 @@ class GoldenSet(pydantic.BaseModel):
     images: list[GoldenImage]
     tolerance: float = 0.02
     recorded_with: str = ""
+    #: scores of the INT8 graph per backend, recorded at publish where its quality gate passed and the backend
+    #: was installed: an INT8 detector is checked against its own behaviour, not against fp32 (they differ by
+    #: up to a tenth on single images while ranking the same).
+    int8_scores: dict[str, list[float]] = pydantic.Field(default_factory=dict)
 
 
 class ModelCard(pydantic.BaseModel, extra="allow"):

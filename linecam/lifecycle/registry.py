@@ -145,6 +145,31 @@ def _golden_from_source(source: Path | None, size: tuple[int, int], count: int) 
     return out
 
 
+def _int8_golden_scores(stage: Path, card: Any, images: list[Any]) -> dict[str, list[float]]:
+    """The INT8 graph's golden scores per backend whose quality gate passed, where that backend is installed."""
+    import numpy as np
+
+    from linecam.backends import create_detector
+    from linecam.backends.base import BackendUnavailableError
+
+    gates = ((getattr(card, "int8", None) or {}).get("gates") or {})
+    if "model.int8.onnx" not in card.files:
+        return {}
+    out: dict[str, list[float]] = {}
+    for backend, gate in sorted(gates.items()):
+        if not isinstance(gate, dict) or not gate.get("passed"):
+            continue
+        try:
+            detector = create_detector(stage, backend, precision="int8")
+        except (BackendUnavailableError, ImportError, ValueError):
+            continue  # not installed here: a loader then compares with fp32 plus the gate's difference
+        try:
+            out[backend] = [float(s) for s in detector.detect(np.stack(images)).scores]
+        finally:
+            detector.close()
+    return out
+
+
 def _make_read_only(folder: Path) -> None:
     for p in folder.rglob("*"):
         if p.is_file():
@@ -235,7 +260,8 @@ def publish(
 
         final_card = read_card(stage)
         golden_set = GoldenSet(images=[GoldenImage.model_validate(e) for e in entries], tolerance=float(tolerance),
-                               recorded_with="torch fp32 eager (InferenceGraph)")
+                               recorded_with="torch fp32 eager (InferenceGraph)",
+                               int8_scores=_int8_golden_scores(stage, final_card, images))
         extra = {"golden": golden_set,
                  "published": {"time": _now_iso(), "source": str(src.resolve()), "by": _user(),
                                "source_command": card.command},

@@ -30,9 +30,9 @@ DEFAULT_GOLDEN_TOLERANCE = 0.02
 
 __all__ = [
     "CURRENT_FILE", "DEFAULT_GOLDEN_TOLERANCE", "GOLDEN_DIR", "HISTORY_FILE", "RegistryError", "VersionInfo",
-    "check_version_name", "current_dir", "golden_entries", "golden_tolerance", "list_version_names",
-    "list_versions", "next_version", "read_current", "read_golden", "read_history", "reference_scores",
-    "resolve_version", "show", "verify_version",
+    "check_version_name", "current_dir", "expected_golden", "golden_entries", "golden_tolerance",
+    "list_version_names", "list_versions", "next_version", "read_current", "read_golden", "read_history",
+    "reference_scores", "resolve_version", "show", "verify_version",
 ]
 
 
@@ -173,6 +173,24 @@ def read_golden(path: str | Path, card: ModelCard) -> tuple[Any, Any]:
     images = np.stack(read_golden_images(Path(path), [e.file for e in entries]))
     scores = np.array([float(e.score) for e in entries], dtype=np.float64)  # type: ignore[arg-type]
     return images, scores
+
+
+def expected_golden(card: ModelCard, recorded: Any, backend: str, precision: str) -> tuple[Any, float, str]:
+    """(scores a detector of ``backend`` at ``precision`` must reproduce, extra tolerance, what they are).
+
+    fp32 and bf16 detectors reproduce the fp32 scores recorded at publish. An INT8 detector reproduces the INT8
+    scores recorded for its backend; where none were recorded (the backend was not installed at publish), the
+    fp32 scores with the largest difference the INT8 quality gate measured on the test split added.
+    """
+    import numpy as np
+
+    if precision != "int8":
+        return recorded, 0.0, "fp32 scores"
+    by_backend = card.golden.int8_scores if card.golden is not None else {}
+    if backend in by_backend and len(by_backend[backend]) == len(recorded):
+        return np.asarray(by_backend[backend], dtype=np.float64), 0.0, f"{backend} int8 scores"
+    gate = ((getattr(card, "int8", None) or {}).get("gates") or {}).get(backend) or {}
+    return recorded, float(gate.get("max_abs_score_diff", 0.0)), "fp32 scores (+ the INT8 gate's largest difference)"
 
 
 def reference_scores(model_dir: Path, images: Any) -> Any:

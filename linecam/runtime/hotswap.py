@@ -23,7 +23,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 
 from linecam.modelstore.signing import TrustedKey, verify_signature
-from linecam.modelstore.versions import golden_tolerance, read_current, read_golden, verify_version
+from linecam.modelstore.versions import expected_golden, golden_tolerance, read_current, read_golden, verify_version
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,10 @@ class ModelWatcher:
             return None
         try:
             images, recorded = read_golden(path, card)
+            recorded, extra, _ = expected_golden(card, recorded, str(getattr(detector, "backend", "")),
+                                                 str(getattr(detector, "precision", "fp32")))
             scores = np.asarray(detector.detect(images).scores, dtype=np.float64).reshape(-1)
-            tolerance = self._tolerance if self._tolerance is not None else golden_tolerance(card)
+            tolerance = (self._tolerance if self._tolerance is not None else golden_tolerance(card)) + extra
             diff = np.abs(scores - recorded)
             if scores.shape != recorded.shape or not np.all(np.isfinite(scores)) or float(diff.max()) > tolerance:
                 log.error("model %s: version %s REFUSED: golden scores %s differ from the card's %s "

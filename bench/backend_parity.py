@@ -39,7 +39,9 @@ AUROC_BAR = 0.005
 #: Largest score difference to the fp32 reference accepted per precision. fp32 backends differ only by
 #: summation order (the export check's bar); bf16 keeps 8 mantissa bits and fp16 11, so a score near 0.2
 #: moves by a few 1e-2 in bf16 (0.038 measured for the demo model) and by a few 1e-3 in fp16.
-TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "bf16": 6e-2}
+TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "bf16": 6e-2, "int8": 0.2}
+#: int8 is judged by its quality gate (``linecam quantize``: AUROC, false-reject and escape rates on the test
+#: split); single scores move by up to about a tenth, so its score bar here only catches a broken graph.
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,16 @@ class Variant:
     def tolerance(self) -> float:
         return TOLERANCE[self.precision]
 
-    def unavailable_here(self) -> str | None:
-        """Why this CPU cannot run the variant natively (None when it can): bf16 on the CPU needs bf16
-        instructions; elsewhere it is emulated, and ``auto`` never runs it."""
-        if self.precision == "bf16" and self.backend == "torch-cpu":
+    def unavailable_here(self, model_dir: Path | None = None) -> str | None:
+        """Why the variant does not apply here (None when it does): bf16 on the CPU needs bf16 instructions
+        (elsewhere it is emulated, and ``auto`` never runs it); int8 needs the model's INT8 graph to have passed
+        its quality gate on that backend (``linecam quantize``)."""
+        if self.precision == "bf16" and self.backend in ("torch-cpu", "openvino"):
             return why_no_bf16()
+        if self.precision == "int8" and model_dir is not None:
+            from linecam.backends.modelfiles import int8_refusal, read_card
+
+            return int8_refusal(read_card(model_dir)[0], self.backend)
         return None
 
 
@@ -68,10 +75,15 @@ CPU_VARIANTS: tuple[Variant, ...] = (
     Variant("fp32 eager (reference)", "torch-cpu", "fp32", {"precision": "fp32", "mode": "eager"}),
     Variant("torch-cpu fp32 jit", "torch-cpu", "fp32", {"precision": "fp32", "mode": "jit"}),
     Variant("torch-cpu bf16 eager", "torch-cpu", "bf16", {"precision": "bf16", "mode": "eager"}),
-    Variant("torch-cpu bf16 jit (default)", "torch-cpu", "bf16", {"precision": "bf16", "mode": "jit"}),
+    Variant("torch-cpu bf16 jit", "torch-cpu", "bf16", {"precision": "bf16", "mode": "jit"}),
     Variant("torch-cpu bf16 jit, BN unfolded", "torch-cpu", "bf16",
             {"precision": "bf16", "mode": "jit", "fold_bf16": False}),
     Variant("onnxruntime fp32 (CPU)", "onnxruntime", "fp32", {"providers": ["CPUExecutionProvider"]}),
+    Variant("openvino fp32", "openvino", "fp32", {"precision": "fp32"}),
+    Variant("openvino bf16", "openvino", "bf16", {"precision": "bf16"}),
+    Variant("onnxruntime int8", "onnxruntime", "int8", {"precision": "int8", "providers": ["CPUExecutionProvider"]},
+            required=False),
+    Variant("openvino int8", "openvino", "int8", {"precision": "int8"}, required=False),
 )
 GPU_VARIANTS: tuple[Variant, ...] = (
     Variant("torch-cuda fp32", "torch-cuda", "fp32", {"precision": "fp32"}),
@@ -136,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     reference: np.ndarray | None = None
     ref_auroc = 0.0
     for variant in variants:
-        reason = variant.unavailable_here()
+        reason = variant.unavailable_here(Path(args.model))
         if reason is not None:
             print(f"{variant.title:38s} not available here: {reason}")
             skipped.append({"variant": variant.title, "reason": reason})

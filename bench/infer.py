@@ -1,26 +1,31 @@
-"""Inference throughput of every CPU backend variant against an in-run baseline and the physical floor.
+"""Inference throughput of every CPU backend x precision against an in-run baseline and the physical floor.
 
-For each variant (torch fp32 eager = baseline, torch-cpu fp32/bf16 eager/jit, optional torch.compile,
-onnxruntime) and batch sizes 1, 4, 16, 64: median latency per batch (full ``detect`` call: uint8 frames in,
-scores out, preprocessing and scoring head included), images/s, speed-up over the baseline, and the ratio
-to the physical floor of this machine measured in the same run:
+For each variant (torch fp32 eager = baseline; torch-cpu fp32/bf16 eager/jit; optional torch.compile;
+onnxruntime fp32 and int8; OpenVINO fp32, bf16 and int8) and batch sizes 1, 4, 16: median latency per batch
+(full ``detect`` call: uint8 frames in, scores out, preprocessing and scoring head included), ms per image,
+images/s, speed-up over the baseline, and the ratio to the physical floor of this machine measured in the same
+run:
 
-    floor = max(FLOPs per image / matmul rate (bf16 or fp32),  bytes moved per image / copy bandwidth)
+    floor = max(FLOPs per image / matmul rate (int8, bf16 or fp32),  bytes moved per image / copy bandwidth)
+
+bf16 variants run only where bf16 is native (``linecam.hardware``); int8 variants only with ``--model`` whose
+INT8 graph passed its quality gate on that backend (``linecam quantize``). The result records the CPU (model,
+flags, kind) and goes to ``bench/results/infer_<kind>.json`` (amx, avx512-bf16, avx512, avx2), so results of
+different CPU kinds sit side by side.
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode``; bytes moved are the activations each
 leaf module writes and the next reads (2x their size) plus the weights once per batch and the input frame.
 Also prints where the time goes: per-stage timings (generator / U-Net / scoring) and the top aten ops.
 
     .venv/bin/python bench/infer.py --profile fast            # random weights, no model dir needed
-    .venv/bin/python bench/infer.py --model model/vials/v1    # a real model directory (uses its model.onnx)
-
-Writes ``bench/results/infer_cpu.json`` (``--out``).
+    .venv/bin/python bench/infer.py --model model/demo        # a real model directory (its model(.int8).onnx)
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import platform
 import statistics
@@ -40,6 +45,7 @@ from linecam.backends.graph import InferenceGraph
 from linecam.backends.onnxrt import OnnxRuntimeDetector
 from linecam.backends.torch_cpu import TorchCpuDetector, cpu_autocast, cpu_supports_bf16
 from linecam.grdnet.scoring import score_maps
+from linecam.hardware import cpu_kind, cpu_summary
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -78,6 +84,16 @@ def matmul_rate(dtype: torch.dtype, n: int = 1024, seconds: float = 1.0, device:
     a = torch.randn(n, n, device=dev).to(dtype)
     b = torch.randn(n, n, device=dev).to(dtype)
     return 2 * n**3 / best_time(_synced(lambda: a @ b, dev), seconds)
+
+
+def int8_matmul_rate(n: int = 1024, seconds: float = 1.0) -> float | None:
+    """Peak int8 OP/s of an n x n integer matmul on the CPU (VNNI where present), None where torch has none."""
+    a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+    b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+    try:
+        return 2 * n**3 / best_time(lambda: torch._int_mm(a, b), seconds)
+    except (RuntimeError, AttributeError):
+        return None
 
 
 def copy_bandwidth(mib: int = 128, seconds: float = 1.0, device: str = "cpu") -> float:
@@ -143,7 +159,8 @@ class CompiledDetector:
 
 
 def make_variants(
-    grdnet: nn.Module, size: int, onnx_path: Path | None, threads: int, with_compile: bool
+    grdnet: nn.Module, size: int, onnx_path: Path | None, threads: int, with_compile: bool,
+    model_dir: Path | None = None,
 ) -> list[tuple[str, Callable[[], Any]]]:
     """(name, factory) for every variant this machine can run; the first one is the baseline."""
 
@@ -159,7 +176,7 @@ def make_variants(
     if cpu_supports_bf16():
         variants += [
             ("torch-cpu bf16 eager", torch_cpu("bf16", "eager")),
-            ("torch-cpu bf16 jit (default)", torch_cpu("bf16", "jit")),
+            ("torch-cpu bf16 jit", torch_cpu("bf16", "jit")),
             ("torch-cpu bf16 jit, BN unfolded", torch_cpu("bf16", "jit", fold_bf16=False)),
         ]
         if with_compile:
@@ -171,6 +188,22 @@ def make_variants(
             # spin=False: onnxruntime's spinning threads would slow the variant timed after it (round-robin)
             ("onnxruntime fp32", lambda: OnnxRuntimeDetector(onnx_path, (size, size), threads=threads, spin=False))
         )
+        if importlib.util.find_spec("openvino") is not None:
+            from linecam.backends.openvino_backend import OpenVinoDetector
+
+            for precision in ["fp32", *(["bf16"] if cpu_supports_bf16() else [])]:
+                variants.append((f"openvino {precision}", lambda p=precision: OpenVinoDetector(
+                    onnx_path, (size, size), precision=p, threads=threads)))
+    if model_dir is not None:
+        from linecam.backends import backend_specs, create_detector
+        from linecam.backends.modelfiles import int8_refusal, read_card
+
+        card, _ = read_card(model_dir)
+        for backend, extra in (("onnxruntime", {"spin": False}), ("openvino", {})):
+            if backend in backend_specs() and backend_specs()[backend].probe(model_dir) is None \
+                    and int8_refusal(card, backend) is None:
+                variants.append((f"{backend} int8", lambda b=backend, e=extra: create_detector(
+                    model_dir, b, precision="int8", threads=threads, **e)))
     return variants
 
 
@@ -279,14 +312,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: random --profile)")
     parser.add_argument("--profile", default="fast")
     parser.add_argument("--size", type=int, default=None, help="override the profile's image size")
-    parser.add_argument("--batches", default="1,4,16,64")
+    parser.add_argument("--batches", default="1,4,16")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of timing per variant and batch")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
     parser.add_argument("--no-onnx", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS / "infer_cpu.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/infer_<CPU kind>.json")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = RESULTS / f"infer_{cpu_kind()}.json"
     torch.set_num_threads(args.threads)
+    cpu = cpu_summary()
+    print(f"CPU: {cpu['model']} ({cpu['kind']}), {cpu['cores']} cores, flags {' '.join(cpu['flags'])}")
     batches = [int(b) for b in args.batches.split(",")]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -297,13 +334,16 @@ def main(argv: list[str] | None = None) -> int:
         rates = {"fp32": matmul_rate(torch.float32)}
         if cpu_supports_bf16():
             rates["bf16"] = matmul_rate(torch.bfloat16)
+        int8_rate = int8_matmul_rate()
+        if int8_rate is not None:
+            rates["int8"] = int8_rate
         bandwidth = copy_bandwidth()
         print(f"{flops / 1e9:.3f} GFLOP/image; matmul " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in
               rates.items()) + f"; copy {bandwidth / 1e9:.1f} GB/s; {args.threads} threads")
 
         rows: list[dict[str, Any]] = []
         dets: dict[str, Any] = {}
-        for name, factory in make_variants(grdnet, size, onnx_path, args.threads, args.compile):
+        for name, factory in make_variants(grdnet, size, onnx_path, args.threads, args.compile, args.model):
             t0 = time.perf_counter()
             try:
                 dets[name] = factory()
@@ -313,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"variant": name, "error": str(exc)})
             else:
                 print(f"{name:38s} ready in {time.perf_counter() - t0:.1f} s")
-        header = (f"{'variant':38s} {'batch':>5s} {'median ms':>10s} {'best ms':>9s} {'img/s':>8s} "
+        header = (f"{'variant':38s} {'batch':>5s} {'median ms':>10s} {'ms/img':>8s} {'best ms':>9s} {'img/s':>8s} "
                   f"{'vs base':>8s} {'x floor':>8s}")
         print(header)
         print("-" * len(header))
@@ -323,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             times = time_interleaved(dets, images, args.budget * len(dets))
             for name, ts in times.items():
                 sec, best = statistics.median(ts), min(ts)
-                precision = "bf16" if "bf16" in name else "fp32"
-                elt = 2 if precision == "bf16" else 4
+                precision = next((p for p in ("int8", "bf16") if p in name), "fp32")
+                elt = {"int8": 1, "bf16": 2}.get(precision, 4)
                 bytes_moved = b * (activation_bytes(grdnet, size, elt) + size * size * 3) + params * elt
                 floor = max(b * flops / rates.get(precision, rates["fp32"]), bytes_moved / bandwidth)
                 speedup = statistics.median(times[base_name]) / sec
@@ -333,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                     "precision": precision,
                     "batch": b,
                     "median_ms": 1e3 * sec,
+                    "ms_per_image": 1e3 * sec / b,
                     "best_ms": 1e3 * best,
                     "reps": len(ts),
                     "images_per_s": b / sec,
@@ -341,22 +382,26 @@ def main(argv: list[str] | None = None) -> int:
                     "ratio_to_floor": sec / floor,
                     "best_ratio_to_floor": best / floor,
                 })
-                print(f"{name:38s} {b:5d} {1e3 * sec:10.2f} {1e3 * best:9.2f} {b / sec:8.1f} {speedup:7.2f}x "
-                      f"{sec / floor:7.1f}x")
-        default_det = next((d for n, d in dets.items() if "(default)" in n), None)
+                print(f"{name:38s} {b:5d} {1e3 * sec:10.2f} {1e3 * sec / b:8.2f} {1e3 * best:9.2f} {b / sec:8.1f} "
+                      f"{speedup:7.2f}x {sec / floor:7.1f}x")
+        # the torch-cpu variant the hardware rule runs here: where its time goes
+        from linecam.hardware import resolve_precision
+
+        default_det = dets.get(f"torch-cpu {resolve_precision('auto', 'cpu')} jit")
 
         breakdown = stage_breakdown(grdnet, size, torch.bfloat16 if cpu_supports_bf16() else torch.float32)
         print("\nbatch-1 stage times (eager, channels_last): " +
               ", ".join(f"{k} {v:.2f} ms" for k, v in breakdown.items()))
         ops = top_ops(default_det, structured_images(1, (size, size))) if default_det is not None else []
         if ops:
-            print("top ops of the default variant at batch 1 (self CPU ms per image, share):")
+            print("top ops of the torch-cpu variant auto runs here, at batch 1 (self CPU ms per image, share):")
             for op in ops:
                 print(f"  {op['op']:42s} {op['self_ms_per_detect']:7.3f} ms  {100 * op['share']:5.1f}%")
         for det in dets.values():
             det.close()
 
     result = {
+        "cpu": cpu,
         "machine": {
             "platform": platform.platform(),
             "python": sys.version.split()[0],

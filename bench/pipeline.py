@@ -53,8 +53,13 @@ def _random_model(folder: Path, size: int) -> Path:
 
 
 def _bench_config(config: LineConfig, tmp: Path, random_model: int | None, fps: float | None = None,
-                  shed_late: bool | None = None) -> Path:
+                  shed_late: bool | None = None, backend: str | None = None) -> Path:
     doc = config_document(config)
+    if backend is not None:  # e.g. "torch-cpu:fp32": a named backend and precision instead of the config's
+        name, _, precision = backend.partition(":")
+        doc["infer"]["backend"] = name
+        if precision:
+            doc["infer"]["backend_options"] = {"precision": precision}
     if shed_late is not None:
         doc["infer"]["shed_late"] = shed_late
     if random_model:
@@ -99,11 +104,11 @@ def _line_figures(audit: Path, offered_fps: float) -> dict[str, Any]:
 
 
 def _run_line(config: LineConfig, args: argparse.Namespace, offered: float,
-              shed_late: bool | None) -> tuple[dict[str, Any], int]:
+              shed_late: bool | None, backend: str | None = None) -> tuple[dict[str, Any], int]:
     """One timed ``linecam run`` of the bench config -> (figures from its audit log, exit code)."""
     with tempfile.TemporaryDirectory(prefix="linecam-pipeline-") as tmp_name:
         tmp = Path(tmp_name)
-        bench_config = _bench_config(config, tmp, args.random_model, args.fps, shed_late)
+        bench_config = _bench_config(config, tmp, args.random_model, args.fps, shed_late, backend)
         cmd = [sys.executable, "-m", "linecam", "run", "--config", str(bench_config), "--duration",
                str(args.seconds), "--summary", str(tmp / "summary.json")]
         done = subprocess.run(cmd, text=True, capture_output=True)
@@ -137,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=None, help="override every synthetic camera's fps")
     parser.add_argument("--shed-baseline", action="store_true",
                         help="first run the line with infer.shed_late false, as the baseline")
+    parser.add_argument("--backend-baseline", default=None, metavar="BACKEND[:PRECISION]",
+                        help="first run the line with this backend (e.g. torch-cpu:fp32), as the baseline of the "
+                             "configured one (auto)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.json"))
     args = parser.parse_args(argv)
     config = load_config(args.config)
@@ -147,8 +155,19 @@ def main(argv: list[str] | None = None) -> int:
         print("-- baseline: infer.shed_late false")
         _print_line(baseline)
         print("-- as configured")
+    backend_baseline = None
+    if args.backend_baseline:
+        backend_baseline, _ = _run_line(config, args, offered, shed_late=None, backend=args.backend_baseline)
+        print(f"-- baseline: backend {args.backend_baseline}")
+        _print_line(backend_baseline)
+        print("-- as configured")
     figures, code = _run_line(config, args, offered, shed_late=None)
     _print_line(figures)
+    if backend_baseline is not None:
+        figures["baseline_backend"] = {"backend": args.backend_baseline, **backend_baseline}
+        print(f"judged by the model in time: share {figures['inspected_share']:.3f} vs "
+              f"{backend_baseline['inspected_share']:.3f} with {args.backend_baseline}; p99 "
+              f"{figures['latency_ms_p99']:.0f} vs {backend_baseline['latency_ms_p99']:.0f} ms")
     if baseline is not None:
         figures["baseline_shed_late_false"] = baseline
         ratio = figures["inspected_fps"] / baseline["inspected_fps"] if baseline["inspected_fps"] else float("inf")

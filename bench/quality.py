@@ -15,12 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
-from linecam.grdnet.datasets import read_binary_mask, resize_mask
-from linecam.grdnet.evaluate import evaluate_model, prepare_for_inference
-from linecam.grdnet.modeldir import load_model_dir
-from linecam.hardware import resolve_precision
+from linecam.backends.evaluation import evaluate_detector
+from linecam.commands.model import load_fixed_mask, open_scoring_detector
+from linecam.grdnet.modeldir import read_card
+from linecam.hardware import cpu_summary
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "false_reject_rate", "escape_rate",
         "false_reject_rate_at_escape_0", "false_reject_rate_at_escape_0.01", "outside_roi_false_reject_rate")
@@ -47,26 +45,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, type=Path)
     ap.add_argument("--data", required=True, type=Path)
-    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                    help="auto: bf16 where this CPU has bf16 instructions, else fp32 (linecam.hardware)")
+    ap.add_argument("--backend", default="auto", help="inference backend (auto: as the line picks it here)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32", "int8"],
+                    help="auto: the backend's choice for this CPU (never an emulated precision)")
+    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--fixed-mask", type=Path, default=None, help="also score with this per-camera mask")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    model, card = load_model_dir(args.model)
+    card = read_card(args.model)
     size = card.profile.image_size
-    args.precision = resolve_precision(args.precision, "cpu")
-    net = prepare_for_inference(model, "cpu", args.precision)
-    print(f"model {card.name}/{card.version} profile {card.profile.name} roi_variant {card.roi_variant} {size}px")
-    metrics, _ = evaluate_model(net, args.data, size, batch_size=args.batch_size, precision=args.precision)
+    detector = open_scoring_detector(args.model, args.backend, args.precision, "cpu", args.threads)
+    print(f"model {card.name}/{card.version} profile {card.profile.name} roi_variant {card.roi_variant} {size}px, "
+          f"{detector.backend} {getattr(detector, 'precision', '')}")
+    metrics, _ = evaluate_detector(detector, args.data, size, batch_size=args.batch_size)
     _print("no mask at inference (learned ROI attention)", metrics)
-    out = {"no_mask": metrics}
+    out = {"cpu": cpu_summary(), "no_mask": metrics}
     if args.fixed_mask is not None:
-        mask = torch.from_numpy(resize_mask(read_binary_mask(args.fixed_mask), size)).float()[None, None]
-        masked, _ = evaluate_model(net, args.data, size, batch_size=args.batch_size, precision=args.precision,
-                                   fixed_mask=mask)
+        masked, _ = evaluate_detector(detector, args.data, size, batch_size=args.batch_size,
+                                      fixed_mask=load_fixed_mask(args.fixed_mask, size))
         _print("fixed per-camera mask", masked)
         out["fixed_mask"] = masked
+    detector.close()
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2, default=str))
 

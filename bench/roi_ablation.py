@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from linecam.grdnet.evaluate import evaluate_model, prepare_for_inference
+from linecam.backends.evaluation import evaluate_detector
+from linecam.backends.torch_cpu import TorchCpuDetector
 from linecam.grdnet.modeldir import load_model_dir
 from linecam.grdnet.train import TrainConfig, run_training
 
@@ -74,10 +74,10 @@ def main() -> None:
                                   rotation=0.1, progress=False, focal_gamma=args.focal_gamma,
                                   perlin_scales=tuple(args.perlin_scales))
                 run_training(cfg)
-            model, _card = load_model_dir(out)
-            model = prepare_for_inference(model, "cpu", "fp32")
-            with torch.inference_mode():
-                metrics, preds = evaluate_model(model, args.data, args.size)
+            model, card = load_model_dir(out)
+            detector = TorchCpuDetector(model, (args.size, args.size), precision="fp32", mode="eager")
+            metrics, preds = evaluate_detector(detector, args.data, args.size)
+            detector.close()
             row = {
                 "variant": variant,
                 "image_auroc": metrics["image_auroc"],

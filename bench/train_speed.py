@@ -1,7 +1,10 @@
 """Training throughput of the real GRD-Net trainer step (D + G + U-Net updates) per profile and precision.
 
-Baseline: fp32 eager in the same run. Measured: bf16 autocast + channels_last (the trainer's CPU default).
-Warm-up steps (oneDNN primitive creation) are excluded. Prints images/s and the ratio bf16/fp32.
+Baseline: fp32 eager in the same run. Measured: bf16 autocast + channels_last where bf16 is native on this CPU
+(on an AVX2-only CPU it would be emulated, and ``auto`` never trains in it). ``auto`` is what ``linecam train``
+runs by default here (``linecam.hardware.resolve_precision``); its row is the one of the precision it resolves to.
+Warm-up steps (oneDNN primitive creation) are excluded. Prints images/s and the ratio to fp32, and writes
+``bench/results/train_speed_<CPU kind>.json`` with the CPU.
 
     .venv/bin/python bench/train_speed.py                          # fast + paper, 256x256, batch 4
     .venv/bin/python bench/train_speed.py --profiles fast --steps 5 --batch-size 8
@@ -10,6 +13,7 @@ Warm-up steps (oneDNN primitive creation) are excluded. Prints images/s and the 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -20,6 +24,9 @@ import numpy as np
 import torch
 
 from linecam.grdnet.train import TrainConfig, Trainer
+from linecam.hardware import cpu_kind, cpu_summary, native_bf16, resolve_precision
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _tiny_dataset(root: Path, size: int, n: int = 6) -> Path:
@@ -56,16 +63,31 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None, help="default: bench/results/train_speed_<CPU kind>.json")
     args = ap.parse_args()
+    cpu = cpu_summary()
+    auto = resolve_precision("auto", "cpu", workload="train")
+    print(f"CPU: {cpu['model']} ({cpu['kind']}), flags {' '.join(cpu['flags'])}; auto trains in {auto}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, image {args.image_size}px, "
           f"batch {args.batch_size}, median of {args.steps} steps after {args.warmup} warm-up")
+    precisions = ["fp32", "bf16"] if native_bf16() else ["fp32"]
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = _tiny_dataset(Path(tmp), args.image_size)
         for profile in args.profiles:
             res = {p: images_per_s(data, profile, args.image_size, p, args.batch_size, args.warmup, args.steps)
-                   for p in ("fp32", "bf16")}
-            print(f"{profile:6s} fp32 {res['fp32']:7.2f} img/s   bf16 {res['bf16']:7.2f} img/s   "
-                  f"ratio bf16/fp32 {res['bf16'] / res['fp32']:.2f}x", flush=True)
+                   for p in precisions}
+            for p, rate in res.items():
+                rows.append({"profile": profile, "precision": p, "images_per_s": rate,
+                             "ratio_vs_fp32": rate / res["fp32"], "is_auto": p == auto})
+            print(f"{profile:6s} " + "   ".join(f"{p} {r:7.2f} img/s ({r / res['fp32']:.2f}x fp32)"
+                                             + (" <- auto" if p == auto else "") for p, r in res.items()),
+                  flush=True)
+    out = args.out or RESULTS / f"train_speed_{cpu_kind()}.json"
+    out.write_text(json.dumps({"cpu": cpu, "auto_precision": auto, "image_size": args.image_size,
+                               "batch_size": args.batch_size, "threads": torch.get_num_threads(), "rows": rows},
+                              indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

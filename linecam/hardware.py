@@ -27,8 +27,8 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 #: the flags this module reports on, in benchmark results and start-up lines.
 REPORTED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
 
-__all__ = ["BF16_FLAGS", "ISA_ENV", "cpu_flags", "cpu_model", "cpu_summary", "native_bf16", "resolve_precision",
-           "why_fp32_is_faster", "why_no_bf16"]
+__all__ = ["BF16_FLAGS", "ISA_ENV", "cpu_flags", "cpu_kind", "cpu_model", "cpu_summary", "native_bf16",
+           "resolve_precision", "why_fp32_is_faster", "why_no_bf16"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -111,23 +111,41 @@ def why_fp32_is_faster() -> str | None:
     return None
 
 
+def cpu_kind() -> str:
+    """A short name of what decides speed here, for result file names: amx, avx512-bf16, avx512, avx2 or x86."""
+    flags = cpu_flags()
+    for kind, flag in (("amx", "amx_bf16"), ("avx512-bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in flags:
+            return kind
+    return "x86"
+
+
 def cpu_summary() -> dict[str, object]:
     """The CPU as benchmark results record it: model, cores, the flags that decide precision, bf16 or not."""
     flags = cpu_flags()
-    return {"model": cpu_model(), "cores": os.cpu_count(),
+    return {"model": cpu_model(), "kind": cpu_kind(), "cores": os.cpu_count(),
             "flags": [f for f in REPORTED_FLAGS if f in flags], "native_bf16": native_bf16(),
             "auto_precision": resolve_precision("auto", "cpu"),
+            "auto_train_precision": resolve_precision("auto", "cpu", "train"),
             **({ISA_ENV: os.environ[ISA_ENV]} if os.environ.get(ISA_ENV) else {})}
 
 
-def resolve_precision(requested: str, device: str) -> str:
-    """The compute precision a command runs: ``auto`` is fp16 on CUDA, bf16 on a CPU with AMX, else fp32 (never
-    an emulated precision, nor bf16 where fp32 is faster: see :func:`why_fp32_is_faster`). An explicit bf16 on a
-    CPU without bf16 instructions raises ValueError naming why, rather than running several times slower."""
+def resolve_precision(requested: str, device: str, workload: str = "infer") -> str:
+    """The compute precision a command runs: ``auto`` is fp16 on CUDA; on a CPU never an emulated precision.
+
+    Inference (``workload="infer"``): bf16 only with AMX, else fp32, since at batch 1 bf16 without AMX tiles was
+    slower (see :func:`why_fp32_is_faster`); the line's ``backend: auto`` times the variants instead
+    (:mod:`linecam.backends.autoselect`). Training (``workload="train"``, batches of 8 and a backward pass):
+    bf16 wherever it is native. On two cores of a Xeon with AVX512-BF16 and no AMX, the fast profile trained at
+    3.75 img/s in bf16 against 2.18 in fp32, and 4.41 against 3.16 in a second run (``bench/train_speed.py``,
+    2026-12-02); on AMX 10.3 against 3.7. An explicit bf16 on a CPU without bf16 instructions raises ValueError
+    naming why, rather than running several times slower."""
     if device == "cpu" and requested == "bf16" and not native_bf16():
         raise ValueError(f"precision bf16: {why_no_bf16()}; use fp32 or auto")
     if requested != "auto":
         return requested
     if device == "cuda":
         return "fp16"
+    if workload == "train":
+        return "bf16" if native_bf16() else "fp32"
     return "bf16" if why_fp32_is_faster() is None else "fp32"

@@ -22,17 +22,18 @@ def _cpu(monkeypatch: pytest.MonkeyPatch, flags: frozenset[str], onednn: bool = 
     monkeypatch.delenv(hardware.ISA_ENV, raising=False)
 
 
-@pytest.mark.parametrize(("flags", "onednn", "native", "auto"), [
-    (AMX_XEON, True, True, "bf16"),
-    (BF16_XEON_NO_AMX, True, True, "fp32"),
-    (SKYLAKE_XEON, True, False, "fp32"),
-    (AVX2_EPYC, False, False, "fp32"),
+@pytest.mark.parametrize(("flags", "onednn", "native", "auto", "train"), [
+    (AMX_XEON, True, True, "bf16", "bf16"),
+    (BF16_XEON_NO_AMX, True, True, "fp32", "bf16"),  # batch-1 inference slower in bf16, training faster
+    (SKYLAKE_XEON, True, False, "fp32", "fp32"),
+    (AVX2_EPYC, False, False, "fp32", "fp32"),
 ])
 def test_auto_precision_per_cpu_kind(monkeypatch: pytest.MonkeyPatch, flags: frozenset[str], onednn: bool,
-                                     native: bool, auto: str) -> None:
+                                     native: bool, auto: str, train: str) -> None:
     _cpu(monkeypatch, flags, onednn)
     assert hardware.native_bf16() is native
     assert hardware.resolve_precision("auto", "cpu") == auto
+    assert hardware.resolve_precision("auto", "cpu", workload="train") == train
     assert hardware.resolve_precision("auto", "cuda") == "fp16"
     assert hardware.resolve_precision("fp32", "cpu") == "fp32"
     if native:

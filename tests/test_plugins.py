@@ -36,7 +36,7 @@ from linecam.runtime.sources import SOURCES, create_source
 source = create_source(SyntheticSourceConfig())
 link = create_plc_link(LogPlcConfig())
 assert type(source).__name__ == "SyntheticSource" and type(link).__name__ == "LogLink"
-assert BACKENDS.names() == ["torch-cpu", "onnxruntime", "torch-cuda", "tensorrt"]
+assert BACKENDS.names() == ["torch-cpu", "onnxruntime", "openvino", "torch-cuda", "tensorrt"]
 assert SOURCES.names() == ["synthetic", "genicam", "folder"] and PLC_LINKS.names() == ["log", "modbus"]
 loaded = [m for m in ("harvesters", "genicam", "pymodbus", "torch", "linecam.backends.torch_cpu") if m in sys.modules]
 assert not loaded, loaded

@@ -35,11 +35,13 @@ class Detection:
 
     ``scores`` holds one float32 anomaly score per image (the scoring head's maximum of the 21x21-smoothed
     map). ``maps`` holds the smoothed maps at model size (N, H, W) when they were requested, else None:
-    copying maps back from the device costs time the hot path does not need.
+    copying maps back from the device costs time the hot path does not need. ``prob`` holds the raw probability
+    maps (N, H, W) when they were requested (evaluation's pixel metrics), else None.
     """
 
     scores: np.ndarray
     maps: np.ndarray | None = None
+    prob: np.ndarray | None = None
 
 
 @runtime_checkable
@@ -53,7 +55,11 @@ class Detector(Protocol):
     def detect(
         self, images: np.ndarray, masks: np.ndarray | None = None, return_maps: bool = False
     ) -> Detection:
-        """Score a batch of uint8 (N, H, W, C) images; ``masks`` are optional fixed masks (N|1, h, w)."""
+        """Score a batch of uint8 (N, H, W, C) images; ``masks`` are optional fixed masks (N|1, h, w).
+
+        Backends that serve evaluation also take ``return_prob=True`` (the raw probability maps); a backend that
+        cannot return them raises ValueError saying so.
+        """
         ...
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ from linecam.backends.onnxrt import (
     INPUT_IMAGES,
     INPUT_MASK,
     OUTPUT_MAPS,
+    OUTPUT_PROB,
     OUTPUT_SCORES,
     OnnxRuntimeDetector,
 )
@@ -64,14 +65,18 @@ def export_graph(
     opset: int = DEFAULT_OPSET,
     max_batch: int = DEFAULT_MAX_BATCH,
     dtype: torch.dtype = torch.float32,
+    with_prob: bool = True,
 ) -> Path:
-    """Export ``InferenceGraph(grdnet)`` running in ``dtype`` to ``path`` (single file, no external data)."""
+    """Export ``InferenceGraph(grdnet)`` running in ``dtype`` to ``path`` (single file, no external data).
+
+    ``with_prob`` adds the third output ``prob`` (the raw probability map evaluation reads); the fp16 variant for
+    TensorRT is exported without it, since the line only reads scores and smoothed maps."""
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
     if max_batch < 2:
         raise ValueError(f"max_batch must be >= 2 for a dynamic batch, got {max_batch}")
     net = grdnet.eval().to(device="cpu", dtype=dtype)
-    graph = InferenceGraph(net, image_size, compute_dtype=dtype, always_resize=True).eval()
+    graph = InferenceGraph(net, image_size, compute_dtype=dtype, always_resize=True, with_prob=with_prob).eval()
     h, w = image_size
     # Example sizes differ from the model size so the exporter keeps height/width symbolic.
     images = torch.zeros((2, h + 8, w + 4, 3), dtype=torch.uint8)
@@ -92,7 +97,7 @@ def export_graph(
             graph,
             (images, mask),
             input_names=[INPUT_IMAGES, INPUT_MASK],
-            output_names=[OUTPUT_SCORES, OUTPUT_MAPS],
+            output_names=[OUTPUT_SCORES, OUTPUT_MAPS, *([OUTPUT_PROB] if with_prob else [])],
             opset_version=opset,
             dynamo=True,
             verbose=False,
@@ -116,7 +121,8 @@ def check_onnx(path: Path) -> None:
     model = onnx.load(str(path), load_external_data=False)
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
-    if inputs != [INPUT_IMAGES, INPUT_MASK] or outputs != [OUTPUT_SCORES, OUTPUT_MAPS]:
+    if inputs != [INPUT_IMAGES, INPUT_MASK] or outputs not in ([OUTPUT_SCORES, OUTPUT_MAPS],
+                                                             [OUTPUT_SCORES, OUTPUT_MAPS, OUTPUT_PROB]):
         raise ExportError(f"{path}: unexpected inputs {inputs} / outputs {outputs}")
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     if batch_dim.HasField("dim_value"):
@@ -230,7 +236,8 @@ def export_model_dir(
             with phase("export: the fp16 variant for TensorRT", enabled=progress):
                 grdnet16, _ = load_model_dir(model_dir, verify=True)
                 fp16_tmp = export_graph(
-                    grdnet16, size, model_dir / f".{ONNX_FP16_NAME}.tmp", opset, max_batch, dtype=torch.float16
+                    grdnet16, size, model_dir / f".{ONNX_FP16_NAME}.tmp", opset, max_batch, dtype=torch.float16,
+                    with_prob=False,
                 )
                 check_onnx(fp16_tmp)
     except BaseException:

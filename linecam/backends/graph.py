@@ -7,6 +7,10 @@ the same way everywhere, on the backend's device, batched, with no per-image Pyt
     -> float /255 -> bilinear resize to the model size (antialias off: ONNX/TensorRT have no antialias)
     -> compute dtype (fp32 / bf16 / fp16) -> GRDNet -> fp32 probability map
     -> scoring head (map * optional mask, 21x21 mean, max) -> (scores (N,), smoothed maps (N, 1, S, S))
+
+With ``with_prob`` the graph also returns the raw probability map (N, 1, S, S) before the mask and the mean:
+what ``linecam eval`` computes pixel metrics on (the paper's and the peers' pixel AUROC and AUPRO read the raw
+map). The line never asks for it.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ def masks_to_model_size(mask: torch.Tensor, size: tuple[int, int], always_resize
 
 
 class InferenceGraph(nn.Module):
-    """forward(images uint8 NHWC, mask float (M,1,h,w) | None) -> (scores (N,) fp32, smoothed (N,1,S,S) fp32).
+    """forward(images uint8 NHWC, mask float (M,1,h,w) | None) -> (scores (N,) fp32, smoothed (N,1,S,S) fp32),
+    plus the raw probability map (N,1,S,S) fp32 when ``with_prob``.
 
     ``compute_dtype`` is the dtype the network runs in; the caller converts the GRDNet weights to it (this
     module does not, so one GRDNet can back several graphs). The map is cast back to fp32 before scoring
@@ -59,18 +64,20 @@ class InferenceGraph(nn.Module):
         image_size: tuple[int, int],
         compute_dtype: torch.dtype = torch.float32,
         always_resize: bool = False,
+        with_prob: bool = False,
     ) -> None:
         super().__init__()
         self.grdnet = grdnet
+        self.with_prob = with_prob
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.compute_dtype = compute_dtype
         self.always_resize = always_resize
 
-    def forward(
-        self, images: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         x = images_to_model_input(images, self.image_size, self.compute_dtype, self.always_resize)
         prob = self.grdnet(x).to(torch.float32)
         fixed = None if mask is None else masks_to_model_size(mask, self.image_size, self.always_resize)
         scores, smoothed = score_maps(prob, fixed)
+        if self.with_prob:
+            return scores, smoothed, prob
         return scores, smoothed

@@ -28,6 +28,15 @@ INPUT_IMAGES = "images"
 INPUT_MASK = "mask"
 OUTPUT_SCORES = "scores"
 OUTPUT_MAPS = "maps"
+#: the raw probability map (N, 1, S, S): exported since evaluation scores through the backends; older exports
+#: lack it, and asking them for it is an error that says to re-export.
+OUTPUT_PROB = "prob"
+
+
+def no_prob_output(onnx_path: Path) -> str:
+    """The error for an export made before the raw probability output existed."""
+    return (f"{onnx_path} has no '{OUTPUT_PROB}' output (exported by an older linecam): re-export it with "
+            "`linecam export` on a working copy to evaluate on this backend")
 
 
 def default_providers() -> list[str]:
@@ -80,20 +89,26 @@ class OnnxRuntimeDetector:
         names = {i.name for i in self.session.get_inputs()}
         if names != {INPUT_IMAGES, INPUT_MASK}:
             raise ValueError(f"{onnx_path}: expected inputs {{images, mask}}, found {sorted(names)}")
+        self.has_prob = OUTPUT_PROB in {o.name for o in self.session.get_outputs()}
+        self._onnx_path = Path(onnx_path)
         self._feeds = GraphFeeds(self.input_size)
         self._closed = False
 
     def detect(
-        self, images: np.ndarray, masks: np.ndarray | None = None, return_maps: bool = False
+        self, images: np.ndarray, masks: np.ndarray | None = None, return_maps: bool = False,
+        return_prob: bool = False,
     ) -> Detection:
         if self._closed:
             raise RuntimeError(f"onnxruntime detector for {self.model_version} is closed")
+        if return_prob and not self.has_prob:
+            raise ValueError(no_prob_output(self._onnx_path))
         imgs, mask = self._feeds(images, masks)
-        outputs = [OUTPUT_SCORES, OUTPUT_MAPS] if return_maps else [OUTPUT_SCORES]
-        result = self.session.run(outputs, {INPUT_IMAGES: imgs, INPUT_MASK: mask})
-        scores = np.asarray(result[0], dtype=np.float32).reshape(-1)
-        maps = np.asarray(result[1], dtype=np.float32)[:, 0] if return_maps else None
-        return Detection(scores=scores, maps=maps)
+        outputs = [OUTPUT_SCORES, *([OUTPUT_MAPS] if return_maps else []), *([OUTPUT_PROB] if return_prob else [])]
+        result = iter(self.session.run(outputs, {INPUT_IMAGES: imgs, INPUT_MASK: mask}))
+        scores = np.asarray(next(result), dtype=np.float32).reshape(-1)
+        maps = np.asarray(next(result), dtype=np.float32)[:, 0] if return_maps else None
+        prob = np.asarray(next(result), dtype=np.float32)[:, 0] if return_prob else None
+        return Detection(scores=scores, maps=maps, prob=prob)
 
     def close(self) -> None:
         self._closed = True

@@ -26,7 +26,7 @@ import numpy as np
 from linecam.backends.base import BackendSpec, Detection
 from linecam.backends.inputs import GraphFeeds
 from linecam.backends.modelfiles import ONNX_NAME, int8_refusal, onnx_for_precision, read_card
-from linecam.backends.onnxrt import INPUT_IMAGES, INPUT_MASK, OUTPUT_MAPS, OUTPUT_SCORES
+from linecam.backends.onnxrt import INPUT_IMAGES, INPUT_MASK, OUTPUT_MAPS, OUTPUT_PROB, OUTPUT_SCORES, no_prob_output
 from linecam.hardware import native_bf16, resolve_precision
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -78,6 +78,8 @@ class OpenVinoDetector:
         if not {INPUT_IMAGES, INPUT_MASK} <= names:
             raise ValueError(f"{onnx_path}: expected inputs {{images, mask}}, found {sorted(names)}")
         self._request = self.compiled.create_infer_request()
+        self.has_prob = OUTPUT_PROB in {name for port in self.compiled.outputs for name in port.get_names()}
+        self._onnx_path = Path(onnx_path)
         self._feeds = GraphFeeds(self.input_size)
         self._lock = threading.Lock()
         self._closed = False
@@ -87,17 +89,22 @@ class OpenVinoDetector:
         return str(self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
 
     def detect(
-        self, images: np.ndarray, masks: np.ndarray | None = None, return_maps: bool = False
+        self, images: np.ndarray, masks: np.ndarray | None = None, return_maps: bool = False,
+        return_prob: bool = False,
     ) -> Detection:
         if self._closed:
             raise RuntimeError(f"openvino detector for {self.model_version} is closed")
+        if return_prob and not self.has_prob:
+            raise ValueError(no_prob_output(self._onnx_path))
         imgs, mask = self._feeds(images, masks)
         with self._lock:
             self._request.infer({INPUT_IMAGES: imgs, INPUT_MASK: mask})
             scores = np.array(self._request.get_tensor(OUTPUT_SCORES).data, dtype=np.float32).reshape(-1)
             maps = (np.array(self._request.get_tensor(OUTPUT_MAPS).data, dtype=np.float32)[:, 0] if return_maps
                     else None)
-        return Detection(scores=scores, maps=maps)
+            prob = (np.array(self._request.get_tensor(OUTPUT_PROB).data, dtype=np.float32)[:, 0] if return_prob
+                    else None)
+        return Detection(scores=scores, maps=maps, prob=prob)
 
     def close(self) -> None:
         self._closed = True

@@ -36,6 +36,7 @@ from linecam.backends.base import Detector, backend_specs
 from linecam.backends.modelfiles import ONNX_INT8_NAME, ONNX_NAME, read_card, verified_file
 from linecam.backends.onnxrt import INPUT_IMAGES, INPUT_MASK
 from linecam.decision import rejects
+from linecam.hardware import cpu_summary
 
 #: the quality bars of the gate (the issue's: AUROC within 0.005, each rate within 0.5 points).
 AUROC_BAR = 0.005
@@ -244,7 +245,8 @@ def quantize_model_dir(
                   "calibration": {"split": "val", "good_images": len(calib), "method": "minmax, per-channel weights"},
                   "float_nodes": heads,
                   "test": {"images": int(len(labels)), "defective": int(labels.sum())}, "threshold": threshold,
-                  "bars": {"image_auroc": AUROC_BAR, "rates": RATE_BAR}, "gates": report.gates}
+                  "bars": {"image_auroc": AUROC_BAR, "rates": RATE_BAR}, "gates": report.gates,
+                  "cpu": cpu_summary()}  # int8 kernels differ between CPU kinds (VNNI or not): where it was judged
         if report.passed:
             os.replace(tmp, d / ONNX_INT8_NAME)
             register_file(d, ONNX_INT8_NAME)

@@ -31,7 +31,7 @@ import numpy as np
 from linecam.backends.base import BackendSpec, BackendUnavailableError, Detection
 from linecam.backends.inputs import check_images, check_masks, to_rgb
 from linecam.backends.modelfiles import CACHE_DIR, ONNX_FP16_NAME, ONNX_NAME, model_cache_dir, read_card, verified_file
-from linecam.backends.onnxrt import INPUT_IMAGES, INPUT_MASK, OUTPUT_MAPS, OUTPUT_SCORES
+from linecam.backends.onnxrt import INPUT_IMAGES, INPUT_MASK, OUTPUT_MAPS, OUTPUT_PROB, OUTPUT_SCORES
 from linecam.files import atomic_write
 
 GPU_EXTRA_HINT = "tensorrt backend needs the 'gpu' extra (pip install 'linecam[gpu]': tensorrt, pycuda)"
@@ -272,6 +272,10 @@ class TensorRTDetector:
             self._d_mask = cuda.mem_alloc(self._h_mask.nbytes)
             self._d_scores = cuda.mem_alloc(self._h_scores.nbytes)
             self._d_maps = cuda.mem_alloc(self._h_maps.nbytes)
+            # An engine built from a model.onnx with the raw-map output has a third output tensor; every output
+            # needs an address, so it gets a device buffer it writes into and nobody reads (the line never does).
+            names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
+            self._d_prob = cuda.mem_alloc(self._h_maps.nbytes) if OUTPUT_PROB in names else None
             # All-ones mask at model size for calls without a mask, uploaded once.
             self._d_ones = cuda.mem_alloc(b * h * w * 4)
             cuda.memcpy_htod(self._d_ones, np.ones((b, 1, h, w), np.float32))
@@ -303,6 +307,8 @@ class TensorRTDetector:
         self.context.set_tensor_address(INPUT_MASK, mask_addr)
         self.context.set_tensor_address(OUTPUT_SCORES, int(self._d_scores))
         self.context.set_tensor_address(OUTPUT_MAPS, int(self._d_maps))
+        if self._d_prob is not None:
+            self.context.set_tensor_address(OUTPUT_PROB, int(self._d_prob))
         if not self.context.execute_async_v3(self.stream.handle):
             raise RuntimeError("TensorRT execute_async_v3 failed")
         cuda.memcpy_dtoh_async(self._h_scores[:n], self._d_scores, self.stream)
@@ -314,10 +320,14 @@ class TensorRTDetector:
         return scores, maps
 
     def detect(
-        self, images: np.ndarray, masks: np.ndarray | None = None, return_maps: bool = False
+        self, images: np.ndarray, masks: np.ndarray | None = None, return_maps: bool = False,
+        return_prob: bool = False,
     ) -> Detection:
         if self._closed:
             raise RuntimeError(f"tensorrt detector for {self.model_version} is closed")
+        if return_prob:
+            raise ValueError("the tensorrt backend does not return raw probability maps (the line never reads "
+                             "them); evaluate with --backend torch-cuda")
         imgs = to_rgb(check_images(images))
         mask = check_masks(masks, imgs.shape[0])
         sides = (*imgs.shape[1:3], *(mask.shape[2:] if mask is not None else ()))
@@ -348,8 +358,9 @@ class TensorRTDetector:
         self._closed = True
         self._ctx.push()
         try:
-            for buf in (self._d_images, self._d_mask, self._d_scores, self._d_maps, self._d_ones):
-                buf.free()
+            for buf in (self._d_images, self._d_mask, self._d_scores, self._d_maps, self._d_ones, self._d_prob):
+                if buf is not None:
+                    buf.free()
             del self.context
             del self.engine
         finally:

@@ -48,17 +48,28 @@ class TorchGraphDetector(ABC):
     def _run(self, images: np.ndarray, masks: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the graph on validated uint8 NHWC images and float (M,1,h,w) masks -> (scores, maps)."""
 
+    def _run_prob(self, images: np.ndarray, masks: np.ndarray | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like :meth:`_run`, plus the raw probability maps (evaluation); backends override it."""
+        raise ValueError(f"the {self.backend} backend does not return raw probability maps")
+
     def detect(
-        self, images: np.ndarray, masks: np.ndarray | None = None, return_maps: bool = False
+        self, images: np.ndarray, masks: np.ndarray | None = None, return_maps: bool = False,
+        return_prob: bool = False,
     ) -> Detection:
         if self._closed:
             raise RuntimeError(f"{self.backend} detector for {self.model_version} is closed")
         imgs = check_images(images)
         mask = check_masks(masks, imgs.shape[0])
-        scores, maps = self._run(imgs, mask)
+        prob = None
+        if return_prob:
+            scores, maps, prob = self._run_prob(imgs, mask)
+        else:
+            scores, maps = self._run(imgs, mask)
         score_np = scores.detach().to("cpu", torch.float32).numpy().reshape(-1)
         maps_np = maps.detach().to("cpu", torch.float32).numpy()[:, 0] if return_maps else None
-        return Detection(scores=score_np, maps=maps_np)
+        prob_np = prob.detach().to("cpu", torch.float32).numpy()[:, 0] if prob is not None else None
+        return Detection(scores=score_np, maps=maps_np, prob=prob_np)
 
     def close(self) -> None:
         self._closed = True

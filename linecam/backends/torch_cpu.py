@@ -112,6 +112,7 @@ class TorchCpuDetector(TorchGraphDetector):
         for p in net.parameters():
             p.requires_grad_(False)
         self.graph = InferenceGraph(net, self.input_size, compute_dtype=torch.float32).eval()
+        self.graph_prob = InferenceGraph(net, self.input_size, compute_dtype=torch.float32, with_prob=True).eval()
         self._traced: dict[tuple[int, ...], Any] = {}
         self._lock = threading.Lock()
         if mode == "jit" and fuse:
@@ -121,9 +122,9 @@ class TorchCpuDetector(TorchGraphDetector):
             for _ in range(2):
                 self.detect(frames)
 
-    def _compiled(self, images: torch.Tensor, mask: torch.Tensor | None) -> Any:
+    def _compiled(self, images: torch.Tensor, mask: torch.Tensor | None, with_prob: bool = False) -> Any:
         """The graph traced and frozen for this input shape (batch stays dynamic), built on first use."""
-        key = (*images.shape[1:], *(mask.shape[2:] if mask is not None else ()))
+        key = (int(with_prob), *images.shape[1:], *(mask.shape[2:] if mask is not None else ()))
         fn = self._traced.get(key)
         if fn is None:
             with self._lock:
@@ -132,7 +133,8 @@ class TorchCpuDetector(TorchGraphDetector):
                     example = (images[:1], mask[:1]) if mask is not None else (images[:1],)
                     with warnings.catch_warnings(), cpu_autocast(self.dtype):
                         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                        traced = torch.jit.trace(self.graph, example, check_trace=False)
+                        graph = self.graph_prob if with_prob else self.graph
+                        traced = torch.jit.trace(graph, example, check_trace=False)
                     fn = torch.jit.freeze(traced.eval(), optimize_numerics=self.fold_numerics)
                     # Two warm-up runs: the profiling executor specialises the graph on the second call.
                     for _ in range(2):
@@ -140,15 +142,22 @@ class TorchCpuDetector(TorchGraphDetector):
                     self._traced[key] = fn
         return fn
 
-    def _run(self, images: np.ndarray, masks: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _call(self, images: np.ndarray, masks: np.ndarray | None, with_prob: bool) -> Any:
         x = torch.from_numpy(images)
         m = torch.from_numpy(masks) if masks is not None else None
         with torch.inference_mode():
             if self.mode == "eager":
                 with cpu_autocast(self.dtype):
-                    return self.graph(x, m)
-            fn = self._compiled(x, m)
+                    return (self.graph_prob if with_prob else self.graph)(x, m)
+            fn = self._compiled(x, m, with_prob)
             return fn(x, m) if m is not None else fn(x)
+
+    def _run(self, images: np.ndarray, masks: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._call(images, masks, with_prob=False)
+
+    def _run_prob(self, images: np.ndarray, masks: np.ndarray | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self._call(images, masks, with_prob=True)
 
     def close(self) -> None:
         self._traced.clear()

@@ -92,6 +92,7 @@ class TorchCudaDetector(TorchGraphDetector):
         for p in net.parameters():
             p.requires_grad_(False)
         self.graph = InferenceGraph(net, self.input_size, compute_dtype=self.dtype).eval()
+        self.graph_prob = InferenceGraph(net, self.input_size, compute_dtype=self.dtype, with_prob=True).eval()
         self.stream = torch.cuda.Stream(device=self.device)
         self._pool = torch.cuda.graph_pool_handle()
         self._captured: dict[tuple[Any, ...], _Captured] = {}
@@ -171,6 +172,20 @@ class TorchCudaDetector(TorchGraphDetector):
             if len(outs) == 1:
                 return outs[0]
             return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+    def _run_prob(self, images: np.ndarray, masks: np.ndarray | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Evaluation only: the graph with the raw map, run directly (no CUDA graph), chunked by max_batch."""
+        outs = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, images.shape[0], self.max_batch):
+                x = torch.from_numpy(images[start : start + self.max_batch]).to(self.device)
+                m = None
+                if masks is not None:
+                    part = masks if masks.shape[0] == 1 else masks[start : start + self.max_batch]
+                    m = torch.from_numpy(np.ascontiguousarray(part)).to(self.device)
+                outs.append(self.graph_prob(x, m))
+        return tuple(torch.cat([o[i] for o in outs]) for i in range(3))  # type: ignore[return-value]
 
     def close(self) -> None:
         with self._lock:

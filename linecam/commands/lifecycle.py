@@ -71,6 +71,8 @@ def register(subparsers: Any) -> None:
     t = csub.add_parser("threshold", help="choose the threshold on the val split for a target FRR or escape")
     t.add_argument("--model", required=True, type=Path, help="model directory (e.g. model/demo/3)")
     t.add_argument("--data", required=True, type=Path, help="linecam dataset with a val split")
+    t.add_argument("--backend", default="auto", help="backend that scores (default auto: what the line runs here)")
+    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"])
     g = t.add_mutually_exclusive_group(required=True)
     g.add_argument("--target-frr", type=float, help="false-reject rate on good images, e.g. 0.01")
     g.add_argument("--target-escape", type=float, help="escape rate on defective images, e.g. 0.0")
@@ -130,12 +132,14 @@ def _err(msg: object) -> int:
 
 
 def _errors() -> tuple[type[BaseException], ...]:
+    from linecam.backends.base import BackendUnavailableError
     from linecam.grdnet.modeldir import ModelDirError
     from linecam.lifecycle.calibrate import CalibrationError
     from linecam.lifecycle.registry import RegistryError
     from linecam.modelstore.signing import SignatureError
 
-    return (RegistryError, ModelDirError, CalibrationError, SignatureError, ValueError, OSError)
+    return (RegistryError, ModelDirError, CalibrationError, SignatureError, BackendUnavailableError, ValueError,
+            OSError)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -244,7 +248,8 @@ def cmd_threshold(args: argparse.Namespace) -> int:
     try:
         rec = calibrate_threshold(args.model, args.data, args.out, target_frr=args.target_frr,
                                   target_escape=args.target_escape, model_name=args.model_name, region=args.region,
-                                  batch_size=args.batch_size, card=args.card)
+                                  batch_size=args.batch_size, card=args.card, backend=args.backend,
+                                  precision=args.precision)
     except _errors() as exc:
         return _err(exc)
     c = rec["confusion"]

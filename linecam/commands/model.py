@@ -80,8 +80,12 @@ def register(subparsers: Any) -> None:
     e.add_argument("--json", required=True, type=Path, help="metrics JSON to write")
     e.add_argument("--report", type=Path, default=None, help="folder for ROC curves, worst cases and index.html")
     e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    e.add_argument("--backend", default="auto",
+                   help="inference backend (default auto: the fastest correct one here, as the line picks it)")
+    e.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32", "int8"])
+    e.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: with --backend auto, a GPU backend")
+    e.add_argument("--threads", type=int, default=None, help="CPU threads of the backend")
     e.add_argument("--fixed-mask", type=Path, default=None,
                    help="optional per-camera scoring mask (default: none, the ROI attention is learned)")
     e.add_argument("--store", action="store_true",
@@ -97,8 +101,12 @@ def register(subparsers: Any) -> None:
     r.add_argument("--heatmaps", type=Path, default=None, help="folder for jet heatmap overlays")
     r.add_argument("--roi", type=Path, default=None, help="optional fixed scoring mask (PNG, 0/255)")
     r.add_argument("--threshold", type=float, default=None, help="override the card's calibrated threshold")
-    r.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    r.add_argument("--backend", default="auto",
+                   help="inference backend (default auto: the fastest correct one here, as the line picks it)")
+    r.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32", "int8"])
+    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: with --backend auto, a GPU backend")
+    r.add_argument("--threads", type=int, default=None, help="CPU threads of the backend")
     r.set_defaults(func=cmd_predict)
 
 
@@ -159,9 +167,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from linecam.backends.evaluation import evaluate_detector
     from linecam.grdnet.datasets import DatasetError
-    from linecam.grdnet.evaluate import evaluate_model, summary_line, write_metrics_json
-    from linecam.grdnet.modeldir import ModelDirError, load_model_dir, published_record, write_card
+    from linecam.grdnet.evaluate import summary_line, write_metrics_json
+    from linecam.grdnet.modeldir import ModelDirError, load_model_dir, published_record, read_card, write_card
 
     if args.store and args.no_store:
         return _err("--store and --no-store contradict each other")
@@ -169,14 +178,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _err(f"{args.model} is a published model version: its card is never rewritten (the line reads its "
                     "threshold); evaluate a working copy with --store and publish it as a new version")
     try:
-        net, card, precision, fixed = _model_for_scoring(args.model, args.device, args.precision, args.fixed_mask)
+        card = read_card(args.model)
         size = card.profile.image_size
-        metrics, preds = evaluate_model(net, args.data, size, batch_size=args.batch_size, device=args.device,
-                                        precision=precision, fixed_mask=fixed)
+        fixed = load_fixed_mask(args.fixed_mask, size)
+        detector = open_scoring_detector(args.model, args.backend, args.precision, args.device, args.threads)
+        try:
+            metrics, preds = evaluate_detector(detector, args.data, size, batch_size=args.batch_size,
+                                               fixed_mask=fixed)
+        finally:
+            detector.close()
     except (ModelDirError, DatasetError, ValueError) as exc:
         return _err(str(exc))
     metrics["model"] = {"name": card.name, "version": card.version, "path": str(args.model)}
-    metrics["precision"] = precision
     write_metrics_json(args.json, metrics)
     if args.report is not None:
         from linecam.grdnet.report import write_report
@@ -205,68 +218,78 @@ def _fmt_threshold(value: float | None) -> str:
     return "none" if value is None else f"{value:.5f}"
 
 
-def _model_for_scoring(model_dir: Path, device: str, precision_option: str, mask_path: Path | None
-                       ) -> tuple[Any, Any, str, Any]:
-    """(network ready for inference, card, resolved precision, fixed mask tensor or None) for eval/predict."""
-    from linecam.grdnet.datasets import read_binary_mask, resize_mask
-    from linecam.grdnet.evaluate import prepare_for_inference
-    from linecam.grdnet.modeldir import load_model_dir
+def open_scoring_detector(model_dir: Path, backend: str, precision: str, device: str,
+                          threads: int | None) -> Any:
+    """The Detector eval and predict score with: the line's backends, ``auto`` decided as the worker decides it.
 
-    precision = _precision(precision_option, device)
-    model, card = load_model_dir(model_dir)
-    fixed = _load_fixed_mask(mask_path, card.profile.image_size, read_binary_mask, resize_mask)
-    return prepare_for_inference(model, device, precision), card, precision, fixed
+    Why not a torch loop of their own: a threshold, an AUROC or a speed measured on another graph or precision
+    than the line runs is a figure about another system. The choice is printed, with auto's reason."""
+    from linecam.backends import create_detector
+    from linecam.backends.base import BackendUnavailableError
+
+    if backend == "auto" and device == "cuda":
+        backend = "torch-cuda"
+    options: dict[str, Any] = {} if precision == "auto" else {"precision": precision}
+    if threads is not None:
+        options["threads"] = threads
+    try:
+        detector = create_detector(model_dir, backend, **options)
+    except BackendUnavailableError as exc:
+        raise ValueError(str(exc)) from None
+    choice = getattr(detector, "auto_choice", None)
+    print(f"scoring with {choice.line() if choice is not None else _precision_name(detector)}", file=sys.stderr)
+    return detector
 
 
-def _load_fixed_mask(path: Path | None, size: int, read_mask: Any, resize: Any) -> Any:
+def load_fixed_mask(path: Path | None, size: int) -> Any:
+    """A per-camera scoring mask (0/255 PNG) as float (size, size) in [0, 1], or None."""
     if path is None:
         return None
-    import torch
+    import numpy as np
 
-    m = resize(read_mask(path), size)
-    return torch.from_numpy(m).float()[None, None]
+    from linecam.grdnet.datasets import read_binary_mask, resize_mask
+
+    return resize_mask(read_binary_mask(path), size).astype(np.float32)
+
+
+def _precision_name(detector: Any) -> str:
+    return f"{detector.backend} {getattr(detector, 'precision', '')}".strip()
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     from linecam.decision import decide
-    from linecam.grdnet.datasets import (
-        DatasetError,
-        image_to_tensor,
-        read_rgb,
-        resize_rgb,
-    )
-    from linecam.grdnet.evaluate import autocast_context
-    from linecam.grdnet.modeldir import ModelDirError
-    from linecam.grdnet.scoring import score_maps
+    from linecam.grdnet.datasets import DatasetError, read_rgb, resize_rgb
+    from linecam.grdnet.modeldir import ModelDirError, read_card
     from linecam.progress import Progress
 
     try:
-        net, card, precision, fixed = _model_for_scoring(args.model, args.device, args.precision, args.roi)
+        card = read_card(args.model)
         size = card.profile.image_size
+        fixed = load_fixed_mask(args.roi, size)
         threshold = args.threshold if args.threshold is not None else card.threshold
         results = []
-        dev = torch.device(args.device)
-        bar = Progress(len(args.images), "predict")
-        for path in args.images:
-            rgb = resize_rgb(read_rgb(path), size)
-            x = image_to_tensor(rgb)[None].to(dev)
-            with torch.no_grad(), autocast_context(dev, precision):
-                prob = net(x)
-            score, smooth = score_maps(prob.float(), fixed.to(dev) if fixed is not None else None)
-            s = float(score[0])
-            decision = None if threshold is None else decide(s, threshold)
-            results.append({"path": str(path), "score": s, "threshold": threshold, "decision": decision})
-            if args.heatmaps is not None:
-                _write_heatmap(args.heatmaps / f"{path.stem}_heatmap.png", rgb, smooth[0, 0].cpu().numpy(), np)
-            bar.update()
-        bar.close()
+        detector = open_scoring_detector(args.model, args.backend, args.precision, args.device, args.threads)
+        try:
+            bar = Progress(len(args.images), "predict")
+            for path in args.images:
+                rgb = resize_rgb(read_rgb(path), size)
+                out = detector.detect(rgb[None], masks=fixed, return_maps=args.heatmaps is not None)
+                s = float(out.scores[0])
+                decision = None if threshold is None else decide(s, threshold)
+                results.append({"path": str(path), "score": s, "threshold": threshold, "decision": decision})
+                if args.heatmaps is not None:
+                    _write_heatmap(args.heatmaps / f"{path.stem}_heatmap.png", rgb, out.maps[0], np)
+                bar.update()
+            bar.close()
+        finally:
+            detector.close()
     except (ModelDirError, DatasetError, ValueError) as exc:
         return _err(str(exc))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"model": {"name": card.name, "version": card.version}, "results": results}
+    payload = {"model": {"name": card.name, "version": card.version}, "backend": _precision_name(detector),
+               "results": results}
     args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     for r in results:
         print(f"{r['path']}: score {r['score']:.5f} {r['decision'] or '(no threshold in card)'}")

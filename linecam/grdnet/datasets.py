@@ -202,6 +202,10 @@ class InspectionDataset(Dataset[dict[str, Any]]):
     def labels(self) -> list[int]:
         return [r.label for r in self.records]
 
+    def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(uint8 RGB image, bool defect mask, bool ROI) at the model size: what a Detector scores."""
+        return self._load(index)
+
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         hit = self._cache.get(index)
         if hit is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,34 @@ def predict_dataset(
     bar.close()
     return Predictions(np.concatenate(scores), np.concatenate(maps).astype(np.float32), np.concatenate(masks),
                        np.concatenate(rois), np.concatenate(labels).astype(int), kinds, paths)
+
+
+#: scores a batch of uint8 (N, H, W, 3) frames -> (image scores (N,), raw probability maps (N, H, W)). The
+#: commands build it from a backend's Detector (``detect(..., masks=fixed, return_prob=True)``), so evaluation
+#: scores through the same graph, scoring head, backend and precision as the line.
+BatchScorer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def predict_split(scorer: BatchScorer, dataset: InspectionDataset, *, batch_size: int = 8,
+                  progress: str | None = None) -> Predictions:
+    """Score a dataset with ``scorer`` WITHOUT giving it the ROI (as the line sees a frame)."""
+    from linecam.progress import Progress
+
+    scores, maps, masks, rois = [], [], [], []
+    bar = Progress(len(dataset), progress or "", enabled=progress is not None)
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset.arrays(i) for i in range(start, min(start + batch_size, len(dataset)))]
+        s, prob = scorer(np.stack([rgb for rgb, _, _ in items]))
+        scores.append(np.asarray(s, dtype=np.float32).reshape(-1))
+        maps.append(np.asarray(prob, dtype=np.float32))
+        masks.append(np.stack([m for _, m, _ in items]) > 0)
+        rois.append(np.stack([r for _, _, r in items]) > 0)
+        bar.update(len(items))
+    bar.close()
+    records = dataset.records
+    return Predictions(np.concatenate(scores), np.concatenate(maps), np.concatenate(masks), np.concatenate(rois),
+                       np.array([r.label for r in records], dtype=int), [r.kind for r in records],
+                       [str(r.image) for r in records])
 
 
 def prepare_for_inference(model: torch.nn.Module, device: str, precision: str) -> torch.nn.Module:
@@ -375,22 +403,21 @@ def calibration_and_test(root: str | Path, image_size: int) -> tuple[InspectionD
 
 
 def evaluate_model(
-    model: torch.nn.Module, data_root: str | Path, image_size: int, *, batch_size: int = 8, device: str = "cpu",
-    precision: str = "fp32", fixed_mask: torch.Tensor | None = None,
+    scorer: BatchScorer, data_root: str | Path, image_size: int, *, batch_size: int = 8,
+    fixed_mask: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Predictions]]:
-    """Predict the calibration, test (and test_unseen) splits and compute every metric."""
+    """Score the calibration, test (and test_unseen) splits with ``scorer`` and compute every metric.
+
+    ``fixed_mask`` only records whether the scorer applies a per-camera mask (it is the scorer's to apply)."""
     calib_ds, test_ds, how = calibration_and_test(data_root, image_size)
-    kw: dict[str, Any] = {"batch_size": batch_size, "device": device, "precision": precision,
-                          "fixed_mask": fixed_mask}
-    preds = {"calibration": predict_dataset(model, calib_ds, progress=f"eval {how}", **kw),
-             "test": predict_dataset(model, test_ds, progress="eval test", **kw)}
+    preds = {"calibration": predict_split(scorer, calib_ds, batch_size=batch_size, progress=f"eval {how}"),
+             "test": predict_split(scorer, test_ds, batch_size=batch_size, progress="eval test")}
     if "test_unseen" in list_splits(data_root):
-        preds["test_unseen"] = predict_dataset(model, InspectionDataset(list_records(data_root, "test_unseen"),
-                                                                        image_size), progress="eval test_unseen",
-                                               **kw)
+        unseen = InspectionDataset(list_records(data_root, "test_unseen"), image_size)
+        preds["test_unseen"] = predict_split(scorer, unseen, batch_size=batch_size, progress="eval test_unseen")
     metrics = compute_metrics(preds["test"], preds["calibration"], unseen=preds.get("test_unseen"))
     metrics["calibration_split"] = how
-    metrics["fixed_mask"] = fixed_mask is not None
+    metrics["fixed_mask"] = bool(fixed_mask)
     return metrics, preds
 
 

@@ -166,7 +166,7 @@ class TrainConfig(pydantic.BaseModel, extra="forbid"):
         from linecam.hardware import resolve_precision
 
         try:
-            return resolve_precision(self.precision, self.device)
+            return resolve_precision(self.precision, self.device, workload="train")
         except ValueError as exc:
             raise TrainError(str(exc)) from None
 

@@ -87,14 +87,18 @@ def threshold_for_escape(labels: np.ndarray, scores: np.ndarray, target_escape: 
         raise CalibrationError(str(exc)) from None
 
 
-def score_split(model_dir: Path, data: Path, split: str = CALIBRATION_SPLIT,
-                batch_size: int = 8) -> tuple[np.ndarray, np.ndarray, list[str], Any]:
-    """(labels, scores, kinds, card) of every image of ``split`` scored by the model (fp32, no mask)."""
+def score_split(model_dir: Path, data: Path, split: str = CALIBRATION_SPLIT, batch_size: int = 8,
+                backend: str = "auto", precision: str = "auto") -> tuple[np.ndarray, np.ndarray, list[str], Any]:
+    """(labels, scores, kinds, card) of every image of ``split``, scored without a mask by the backend and
+    precision the line runs here (``auto``: as the worker decides it), so the threshold means the same there.
+    The card gets ``scored_with`` (backend and precision) as an extra attribute for the record."""
+    from linecam.backends import create_detector
+    from linecam.backends.evaluation import detector_scorer
     from linecam.grdnet.datasets import DatasetError, InspectionDataset, list_records, list_splits
-    from linecam.grdnet.evaluate import predict_dataset
-    from linecam.grdnet.modeldir import load_model_dir
+    from linecam.grdnet.evaluate import predict_split
+    from linecam.grdnet.modeldir import read_card
 
-    model, card = load_model_dir(model_dir)
+    card = read_card(model_dir)
     try:
         splits = list_splits(data)
         if split not in splits:
@@ -103,12 +107,18 @@ def score_split(model_dir: Path, data: Path, split: str = CALIBRATION_SPLIT,
         records = list_records(data, split)
     except DatasetError as exc:
         raise CalibrationError(str(exc)) from None
-    preds = predict_dataset(model, InspectionDataset(records, card.profile.image_size), batch_size=batch_size,
-                            progress=f"calibrate: scoring {split}")
+    detector = create_detector(model_dir, backend, **({} if precision == "auto" else {"precision": precision}))
+    try:
+        preds = predict_split(detector_scorer(detector), InspectionDataset(records, card.profile.image_size),
+                              batch_size=batch_size, progress=f"calibrate: scoring {split}")
+    finally:
+        detector.close()
+    scored_with = f"{detector.backend} {getattr(detector, 'precision', '')}".strip()
     if not np.all(np.isfinite(preds.scores)):
         bad = [p for p, s in zip(preds.paths, preds.scores, strict=True) if not math.isfinite(float(s))]
         raise CalibrationError(f"non-finite scores for {bad[:3]}")
-    return preds.labels, preds.scores.astype(np.float64), list(preds.kinds), card
+    return preds.labels, preds.scores.astype(np.float64), list(preds.kinds), card.model_copy(
+        update={"scored_with": scored_with})
 
 
 def plot_scores(path: Path, labels: np.ndarray, scores: np.ndarray, threshold: float, title: str) -> None:
@@ -184,7 +194,8 @@ def write_card_threshold(model_dir: Path, threshold: float) -> float | None:
 
 def calibrate_threshold(model_dir: Path, data: Path, out: Path | None, target_frr: float | None = None,
                         target_escape: float | None = None, model_name: str | None = None,
-                        region: str | None = None, batch_size: int = 8, card: bool = False) -> dict[str, Any]:
+                        region: str | None = None, batch_size: int = 8, card: bool = False,
+                        backend: str = "auto", precision: str = "auto") -> dict[str, Any]:
     """Score the calibration split and choose the threshold; write threshold.json, scores.png and regions.yaml
     into ``out`` (a camera's calibration folder) and, with ``card``, the threshold into the model card.
 
@@ -202,7 +213,8 @@ def calibrate_threshold(model_dir: Path, data: Path, out: Path | None, target_fr
             raise CalibrationError(f"{model_dir} is a published model version: its card is never rewritten; "
                                    "calibrate a working copy with --card and publish it as a new version, or "
                                    "write the camera's threshold with --out")
-    labels, scores, kinds, model_card = score_split(Path(model_dir), Path(data), batch_size=batch_size)
+    labels, scores, kinds, model_card = score_split(Path(model_dir), Path(data), batch_size=batch_size,
+                                                    backend=backend, precision=precision)
     if target_frr is not None:
         threshold, target = threshold_for_frr(labels, scores, target_frr), {"false_reject_rate": target_frr}
     else:
@@ -213,7 +225,7 @@ def calibrate_threshold(model_dir: Path, data: Path, out: Path | None, target_fr
     record = {
         "threshold": threshold, "rule": decision.RULE, "target": target,
         "model": {"name": model_card.name, "version": model_card.version,
-                  "path": str(Path(model_dir).resolve())},
+                  "path": str(Path(model_dir).resolve()), "scored_with": getattr(model_card, "scored_with", "")},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "data": {"path": str(Path(data).resolve()), "split": CALIBRATION_SPLIT, "n": int(labels.size),
                  "n_good": int((labels == 0).sum()), "n_defect": int((labels == 1).sum()),

@@ -40,6 +40,8 @@ class Capacity:
     ms_per_frame: float
     batch: int
     backends: str
+    #: what ``backend: auto`` chose for each model and why (empty for a named backend).
+    choice: str = ""
 
     def describe(self) -> str:
         return (f"about {self.frames_per_s:.1f} frames/s ({self.ms_per_frame:.1f} ms per frame at batch "
@@ -58,7 +60,7 @@ def read_capacity(folder: Path) -> Capacity | None:
     try:
         raw = json.loads((folder / CAPACITY_FILE).read_text())
         cap = Capacity(float(raw["frames_per_s"]), float(raw["ms_per_frame"]), int(raw["batch"]),
-                       str(raw["backends"]))
+                       str(raw["backends"]), str(raw.get("choice", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return cap if math.isfinite(cap.frames_per_s) and cap.frames_per_s > 0 else None

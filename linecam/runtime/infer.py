@@ -21,6 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import zmq
@@ -107,6 +108,10 @@ class InferWorker:
             backends = ", ".join(sorted({f"{d.backend} {getattr(d, 'precision', '')}".strip()
                                          for d in self.models.detectors.values()}))
             self.capacity = measure_capacity(self.process_batch, frames, self.cfg.infer.max_batch, backends)
+            choices = [f"{name}: {d.auto_choice.line()}"
+                       for name, d in sorted(self.models.detectors.items()) if hasattr(d, "auto_choice")]
+            if choices:
+                self.capacity = replace(self.capacity, choice="; ".join(choices))
             log.info("throughput: %s", self.capacity.describe())
         finally:
             self.metrics = self.models.metrics = live_metrics

@@ -230,6 +230,8 @@ class Supervisor:
         capacity = read_capacity(self.rundir)
         if capacity is None:
             return
+        if capacity.choice:
+            self._say(f"model {capacity.choice}")
         plan = plan_rate(self.config, capacity)
         if plan.fitted:
             self.config = plan.config

@@ -152,3 +152,41 @@ def reference_scores(model_dir: Path, images: np.ndarray, masks: np.ndarray | No
 def noise_images(count: int, size: int = TEST_SIZE, seed: int = 7) -> np.ndarray:
     """Uniform uint8 noise frames: the worst case for precision (every pixel an edge)."""
     return np.random.default_rng(seed).integers(0, 256, size=(count, size, size, 3), dtype=np.uint8)
+
+
+def write_blob_dataset(root: Path, per_split: int = 24) -> Path:
+    """linecam layout: val and test splits of smooth products with (``spot``) and without discs; the ROI is the
+    whole image."""
+    import json
+
+    import cv2
+
+    entries = []
+    for split, seed in (("val", 300), ("test", 400)):
+        for kind, defect in (("good", False), ("spot", True)):
+            images, masks = blob_images(per_split, TEST_SIZE, defect=defect, seed=seed + int(defect))
+            for i, (img, mask) in enumerate(zip(images, masks, strict=True)):
+                rel = f"{split}/{kind}/{i:03d}.png"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(root / rel), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+                roi = f"roi/{rel}"
+                (root / roi).parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(root / roi), np.full((TEST_SIZE, TEST_SIZE), 255, np.uint8))
+                entry = {"path": rel, "split": split, "kind": kind, "line_label": "defect" if defect else "good",
+                         "mask": None, "roi": roi}
+                if defect:
+                    entry["mask"] = f"ground_truth/{rel}"
+                    (root / entry["mask"]).parent.mkdir(parents=True, exist_ok=True)
+                    cv2.imwrite(str(root / entry["mask"]), mask * 255)
+                entries.append(entry)
+    (root / "dataset.json").write_text(json.dumps({"format": "linecam-dataset", "image_size": [TEST_SIZE, TEST_SIZE],
+                                                   "defect_kinds": ["spot"], "unseen_kinds": [],
+                                                   "splits": ["val", "test"]}))
+    (root / "labels.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    return root
+
+
+@pytest.fixture(scope="session")
+def blob_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small linecam dataset the backend fixture model separates (read only)."""
+    return write_blob_dataset(tmp_path_factory.mktemp("blobs"))

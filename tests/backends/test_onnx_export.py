@@ -37,14 +37,14 @@ def test_export_writes_checked_dynamic_batch_onnx_and_records_its_hash(exported_
     model = onnx.load(str(path))
     assert model.opset_import[0].version >= 17
     assert [i.name for i in model.graph.input] == ["images", "mask"]
-    assert [o.name for o in model.graph.output] == ["scores", "maps"]
+    assert [o.name for o in model.graph.output] == ["scores", "maps", "prob"]
     op_types = {n.op_type for n in model.graph.node}
     assert {"Resize", "AveragePool", "Conv", "ReduceMax"} <= op_types  # preprocessing and head are inside
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for n in (1, 3):
         images = noise_images(n)
-        scores, maps = session.run(None, {"images": images, "mask": np.ones((n, 1, 8, 8), np.float32)})
-        assert scores.shape == (n,) and maps.shape == (n, 1, TEST_SIZE, TEST_SIZE)
+        scores, maps, prob = session.run(None, {"images": images, "mask": np.ones((n, 1, 8, 8), np.float32)})
+        assert scores.shape == (n,) and maps.shape == prob.shape == (n, 1, TEST_SIZE, TEST_SIZE)
         assert np.abs(scores - reference_scores(exported_model_dir, images)).max() <= ORT_TOLERANCE
 
 
@@ -158,6 +158,9 @@ def test_cli_export_with_fp16_variant(model_dir: Path, tmp_path: Path) -> None:
     dtypes = {i.data_type for i in fp16.graph.initializer if i.name in conv_weights}
     assert dtypes == {onnx.TensorProto.FLOAT16}
     assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    # the TensorRT input keeps the line's two outputs; only the fp32 graph carries evaluation's raw map
+    assert [o.name for o in fp16.graph.output] == ["scores", "maps"]
+    assert [o.name for o in onnx.load(str(copy / "model.onnx")).graph.output] == ["scores", "maps", "prob"]
     assert not list(copy.glob(".*.tmp"))
     # a corrupted weights file makes export fail with exit code 2 and the file's name
     (copy / "weights.pt").write_bytes(b"garbage")

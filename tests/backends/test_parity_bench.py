@@ -52,10 +52,12 @@ def test_cpu_backends_pass_the_check_and_every_row_is_written(
     report = json.loads(out.read_text())
     assert rc == 0, report["failures"]
     # The CPU decides which variants apply: bf16 only where it is native; the others are listed with a reason.
-    here = [v for v in parity.CPU_VARIANTS if v.unavailable_here() is None]
+    here = [v for v in parity.CPU_VARIANTS if v.unavailable_here(exported_model_dir) is None]
     assert [r["variant"] for r in report["rows"]] == [v.title for v in here]
     assert [s["variant"] for s in report["skipped"]] == [v.title for v in parity.CPU_VARIANTS if v not in here]
-    assert report["cpu"]["model"] and report["cpu"]["native_bf16"] == (len(here) == len(parity.CPU_VARIANTS))
+    bf16 = [v for v in parity.CPU_VARIANTS if v.precision == "bf16"]
+    assert report["cpu"]["model"] and report["cpu"]["native_bf16"] == all(v in here for v in bf16)
+    assert all(v not in here for v in parity.CPU_VARIANTS if v.precision == "int8")  # this model is not quantized
     ref = report["rows"][0]
     assert ref["max_abs_diff"] == 0.0 and ref["auroc"] > 0.9  # the fixture model ranks the blobs
     for row in report["rows"]:
@@ -73,9 +75,11 @@ def test_on_an_avx2_cpu_the_bf16_variants_are_skipped_with_their_reason_not_fail
     report = json.loads(out.read_text())
     assert rc == 0 and report["failures"] == []
     bf16 = [v.title for v in parity.CPU_VARIANTS if v.precision == "bf16"]
-    assert bf16 and [s["variant"] for s in report["skipped"]] == bf16
-    assert all("bf16" in s["reason"] for s in report["skipped"])
-    assert [r["variant"] for r in report["rows"]] == [v.title for v in parity.CPU_VARIANTS if v.title not in bf16]
+    skipped = {s["variant"]: s["reason"] for s in report["skipped"]}
+    assert bf16 and [t for t in skipped if t in bf16] == bf16
+    assert all("bf16" in skipped[t] for t in bf16)
+    assert all("INT8" in reason for t, reason in skipped.items() if t not in bf16)  # not quantized: said so
+    assert [r["variant"] for r in report["rows"]] == [v.title for v in parity.CPU_VARIANTS if v.title not in skipped]
     assert report["cpu"]["native_bf16"] is False and "avx512f" not in report["cpu"]["flags"]
 
 

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -23,7 +22,7 @@ from linecam.backends import quantize as Q
 from linecam.decision import rejects
 from linecam.grdnet.modeldir import ModelDirError, file_sha256, read_card
 
-from .conftest import TEST_SIZE, blob_images
+from .conftest import TEST_SIZE
 
 
 def _has_ov() -> bool:
@@ -37,36 +36,9 @@ def _has_ov() -> bool:
 GATE_BACKENDS = [b for b in Q.GATE_BACKENDS if b != "openvino" or _has_ov()]
 
 
-def _write_dataset(root: Path, per_split: int = 24) -> Path:
-    """linecam layout: val good images (calibration) and a test split of good and defective products."""
-    entries = []
-    for split, seed in (("val", 300), ("test", 400)):
-        for kind, defect in (("good", False), ("spot", True)):
-            images, masks = blob_images(per_split, TEST_SIZE, defect=defect, seed=seed + int(defect))
-            for i, (img, mask) in enumerate(zip(images, masks, strict=True)):
-                rel = f"{split}/{kind}/{i:03d}.png"
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(root / rel), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-                roi = f"roi/{rel}"
-                (root / roi).parent.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(root / roi), np.full((TEST_SIZE, TEST_SIZE), 255, np.uint8))
-                entry = {"path": rel, "split": split, "kind": kind, "line_label": "defect" if defect else "good",
-                         "mask": None, "roi": roi}
-                if defect:
-                    entry["mask"] = f"ground_truth/{rel}"
-                    (root / entry["mask"]).parent.mkdir(parents=True, exist_ok=True)
-                    cv2.imwrite(str(root / entry["mask"]), mask * 255)
-                entries.append(entry)
-    (root / "dataset.json").write_text(json.dumps({"format": "linecam-dataset", "image_size": [TEST_SIZE, TEST_SIZE],
-                                                   "defect_kinds": ["spot"], "unseen_kinds": [],
-                                                   "splits": ["val", "test"]}))
-    (root / "labels.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
-    return root
-
-
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _write_dataset(tmp_path_factory.mktemp("blobs"))
+def dataset(blob_dataset: Path) -> Path:
+    return blob_dataset
 
 
 @pytest.fixture

@@ -53,8 +53,12 @@ def _random_model(folder: Path, size: int) -> Path:
 
 
 def _bench_config(config: LineConfig, tmp: Path, random_model: int | None, fps: float | None = None,
-                  shed_late: bool | None = None, backend: str | None = None) -> Path:
+                  shed_late: bool | None = None, backend: str | None = None, ui: bool | None = None) -> Path:
     doc = config_document(config)
+    if ui is False:
+        doc["ui"] = None
+    elif ui:
+        doc["ui"] = {**(doc.get("ui") or {}), "port": 0}
     if backend is not None:  # e.g. "torch-cpu:fp32": a named backend and precision instead of the config's
         name, _, precision = backend.partition(":")
         doc["infer"]["backend"] = name
@@ -103,25 +107,56 @@ def _line_figures(audit: Path, offered_fps: float) -> dict[str, Any]:
             "by_reason": by_reason}
 
 
+def _browser(url: str) -> Any:
+    """A headless Debian chromium (Selenium) with the operator page open: what an operator's screen costs."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "chromedriver"), options=options)
+    driver.get(url)
+    return driver
+
+
 def _run_line(config: LineConfig, args: argparse.Namespace, offered: float,
-              shed_late: bool | None, backend: str | None = None) -> tuple[dict[str, Any], int]:
-    """One timed ``linecam run`` of the bench config -> (figures from its audit log, exit code)."""
+              shed_late: bool | None, backend: str | None = None, ui: bool | None = None,
+              browser: bool = False) -> tuple[dict[str, Any], int]:
+    """One timed ``linecam run`` of the bench config -> (figures from its audit log, exit code). ``ui``: with
+    (True) or without (False) the operator page; ``browser``: a headless browser keeps the page open."""
     with tempfile.TemporaryDirectory(prefix="linecam-pipeline-") as tmp_name:
         tmp = Path(tmp_name)
-        bench_config = _bench_config(config, tmp, args.random_model, args.fps, shed_late, backend)
+        bench_config = _bench_config(config, tmp, args.random_model, args.fps, shed_late, backend, ui)
         cmd = [sys.executable, "-m", "linecam", "run", "--config", str(bench_config), "--duration",
                str(args.seconds), "--summary", str(tmp / "summary.json")]
-        done = subprocess.run(cmd, text=True, capture_output=True)
-        print(done.stdout[-3000:], end="")
-        if done.returncode != 0:
-            print(done.stderr[-3000:], file=sys.stderr)
-            print(f"linecam run exited {done.returncode}", file=sys.stderr)
+        proc = subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        lines: list[str] = []
+        driver = None
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if browser and driver is None and line.startswith("operator page: http"):
+                driver = _browser(line.split(": ", 1)[1].strip())
+        stderr = proc.stderr.read() if proc.stderr is not None else ""
+        returncode = proc.wait()
+        if driver is not None:
+            driver.quit()
+        elif browser:
+            print("no operator page was started: nothing to connect a browser to", file=sys.stderr)
+        print("".join(lines)[-3000:], end="")
+        if returncode != 0:
+            print(stderr[-3000:], file=sys.stderr)
+            print(f"linecam run exited {returncode}", file=sys.stderr)
         try:  # the rate the cameras ran at: `linecam run` fits synthetic cameras to this machine's throughput
             rates = json.loads((tmp / "summary.json").read_text())["camera_fps"]
             offered = float(sum(r for r in rates.values() if r is not None))
         except (OSError, ValueError, KeyError):
             pass
-        return _line_figures(tmp / "audit.jsonl", offered), done.returncode
+        return _line_figures(tmp / "audit.jsonl", offered), returncode
 
 
 def _print_line(figures: dict[str, Any]) -> None:
@@ -145,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend-baseline", default=None, metavar="BACKEND[:PRECISION]",
                         help="first run the line with this backend (e.g. torch-cpu:fp32), as the baseline of the "
                              "configured one (auto)")
+    parser.add_argument("--ui-cost", action="store_true",
+                        help="run the line without the operator page (the baseline), with the page, and with the "
+                             "page and a headless chromium showing it, alternated --repeat times")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the --ui-cost comparison")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.json"))
     args = parser.parse_args(argv)
     config = load_config(args.config)
@@ -161,8 +200,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"-- baseline: backend {args.backend_baseline}")
         _print_line(backend_baseline)
         print("-- as configured")
-    figures, code = _run_line(config, args, offered, shed_late=None)
+    ui_runs: dict[str, list[dict[str, Any]]] = {"no page": [], "page": [], "page + browser": []}
+    if args.ui_cost:  # alternated, so the machine's drift hits every variant alike; the last page+browser run
+        for i in range(args.repeat):  # below is the one reported as "figures"
+            for name, ui, browser in (("no page", False, False), ("page", True, False),
+                                      ("page + browser", True, True)):
+                if name == "page + browser" and i == args.repeat - 1:
+                    continue
+                run, _ = _run_line(config, args, offered, shed_late=None, ui=ui, browser=browser)
+                print(f"-- {name} (run {i + 1}): judged in time {run['inspected_share']:.3f}, "
+                      f"p99 {run['latency_ms_p99']:.0f} ms")
+                ui_runs[name].append(run)
+    figures, code = _run_line(config, args, offered, shed_late=None, ui=True if args.ui_cost else None,
+                              browser=args.ui_cost)
     _print_line(figures)
+    if args.ui_cost:
+        ui_runs["page + browser"].append(figures)
+        summary = {}
+        for name, runs in ui_runs.items():
+            shares = [r["inspected_share"] for r in runs]
+            p99 = [r["latency_ms_p99"] for r in runs]
+            summary[name] = {"runs": len(runs), "inspected_share": shares, "latency_ms_p99": p99,
+                             "median_inspected_share": float(np.median(shares)),
+                             "median_latency_ms_p99": float(np.median(p99))}
+            print(f"{name:15s} judged in time (median of {len(runs)}) {np.median(shares):.3f} {shares}; "
+                  f"p99 {np.median(p99):.0f} ms")
+        figures["ui_cost"] = summary
     if backend_baseline is not None:
         figures["baseline_backend"] = {"backend": args.backend_baseline, **backend_baseline}
         print(f"judged by the model in time: share {figures['inspected_share']:.3f} vs "

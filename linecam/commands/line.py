@@ -98,6 +98,10 @@ def _service(args: argparse.Namespace, which: str) -> int:
             from linecam.runtime.infer import main as infer_main
 
             return infer_main(config)
+        if which == "ui":
+            from linecam.runtime.ui.server import main as ui_main
+
+            return ui_main(config)
         from linecam.runtime.gate import main as gate_main
 
         return gate_main(config)
@@ -107,7 +111,7 @@ def _service(args: argparse.Namespace, which: str) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``acquire``, ``run``, ``keygen``, ``infer`` and ``gate`` to the ``linecam`` command."""
+    """Add ``acquire``, ``run``, ``keygen``, ``infer``, ``gate`` and ``ui`` to the ``linecam`` command."""
     p = subparsers.add_parser("acquire", help="run acquire for one camera (one process per camera)")
     p.add_argument("--config", required=True, help="line config YAML")
     p.add_argument("--camera", required=True, help="camera name from the config")
@@ -138,3 +142,6 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("gate", help="run the gate (one verdict per product, in time; PLC; audit log)")
     p.add_argument("--config", required=True, help="line config YAML")
     p.set_defaults(func=lambda a: _service(a, "gate"))
+    p = subparsers.add_parser("ui", help="serve the operator page (read-only live view; config section ui)")
+    p.add_argument("--config", required=True, help="line config YAML")
+    p.set_defaults(func=lambda a: _service(a, "ui"))

@@ -89,6 +89,8 @@ class CurveConfig(Strict):
 class TransportConfig(Strict):
     frames_endpoint: str | None = None
     events_endpoint: str | None = None
+    #: where the gate publishes verdicts and health for the operator page (PUB; default ipc in the runtime dir).
+    feed_endpoint: str | None = None
     sndhwm: int = Field(4, ge=1, le=10_000)
     rcvhwm: int = Field(4, ge=1, le=10_000)
     curve: CurveConfig | None = None
@@ -239,6 +241,21 @@ class GateConfig(Strict):
         return t_capture_ns + self.deadline_ns
 
 
+class UiConfig(Strict):
+    """The operator web page (``linecam ui``): a read-only view of the live line."""
+
+    #: loopback unless operators on other hosts must reach it (then this host's address, behind a firewall).
+    address: str = Field("127.0.0.1", min_length=1)
+    #: 0: any free port (``linecam run`` prints the URL; the process writes it to ``<runtime dir>/ui-url``).
+    port: int = Field(8088, ge=0, le=65535)
+    #: a file holding the access token; when set, every request without it is refused (401).
+    token_file: Path | None = None
+    #: recent verdicts kept in memory (the audit log stays the record).
+    window: int = Field(500, ge=10, le=100_000)
+    #: alert when a camera's share of products judged by the model in time falls below this (last 30 s).
+    min_in_time_share: float = Field(0.95, ge=0, le=1)
+
+
 class AcquireConfig(Strict):
     metrics_base_port: int = Field(9101, ge=0, le=65535)
     #: ``linecam run`` slows synthetic cameras to the rate the worker measured it can judge in time on this
@@ -257,6 +274,8 @@ class LineConfig(Strict):
     acquire: AcquireConfig = Field(default_factory=lambda: AcquireConfig.model_validate({}))
     #: rejects and sampled accepts with heatmaps and verdicts, for review and retraining (None: off).
     archive: ArchiveConfig | None = None
+    #: the operator web page (None: not started by ``linecam run``).
+    ui: UiConfig | None = None
     #: the address every process's /metrics endpoint listens on: loopback unless a Prometheus server on another
     #: host must scrape it (then this host's address on that network, or 0.0.0.0 behind a firewall).
     metrics_address: str = Field("127.0.0.1", min_length=1)
@@ -312,6 +331,9 @@ class LineConfig(Strict):
 
     def events_endpoint(self) -> str:
         return self.transport.events_endpoint or f"ipc://{self.runtime_path() / 'events.sock'}"
+
+    def feed_endpoint(self) -> str:
+        return self.transport.feed_endpoint or f"ipc://{self.runtime_path() / 'feed.sock'}"
 
     def audit_log_path(self) -> Path:
         """Where the gate appends its audit lines: ``gate.audit_log`` or ``<runtime dir>/audit.jsonl``."""
@@ -391,6 +413,7 @@ def _resolve_paths(cfg: LineConfig, base: Path, source: str) -> LineConfig:
     gate = cfg.gate.model_copy(update={"audit_log": _resolve(cfg.gate.audit_log, base), "plc": plc})
     archive = (cfg.archive.model_copy(update={"path": _resolve(cfg.archive.path, base)})
                if cfg.archive is not None else None)
+    ui = cfg.ui.model_copy(update={"token_file": _resolve(cfg.ui.token_file, base)}) if cfg.ui is not None else None
     return cfg.model_copy(
         update={
             "runtime_dir": _resolve(cfg.runtime_dir, base),
@@ -400,6 +423,7 @@ def _resolve_paths(cfg: LineConfig, base: Path, source: str) -> LineConfig:
             "infer": infer,
             "gate": gate,
             "archive": archive,
+            "ui": ui,
             "source_path": Path(source),
         }
     )

@@ -29,6 +29,7 @@ from linecam.config import ConfigError, LineConfig
 from linecam.runtime import sdnotify
 from linecam.runtime.audit import AuditLog
 from linecam.runtime.capacity import camera_fps
+from linecam.runtime.feed import FeedPublisher
 from linecam.runtime.messages import (
     Announcement,
     BadMessage,
@@ -82,6 +83,12 @@ class Gate:
         self.held: dict[Key, _Held] = {}
         self.decided: OrderedDict[Key, str] = OrderedDict()
         self.counts: dict[str, int] = {"late": 0, "duplicate": 0, "orphan": 0, "decided": 0}
+        #: called with every audit record once it is written (the operator page's feed); never lets an error out.
+        self.on_record: Callable[[dict[str, Any]], None] | None = None
+        #: the model version of the latest verdict, and the last change of it (a hot swap seen from here).
+        self.model_version = ""
+        self.last_swap: dict[str, Any] | None = None
+        self.last_verdict_ns = 0
 
     # -- events ----------------------------------------------------------------------------------------
     def on_event(self, event: Announcement | Overload | Verdict, t_ns: int) -> None:
@@ -127,6 +134,11 @@ class Gate:
 
     def on_verdict(self, verdict: Verdict, t_ns: int) -> None:
         key = (verdict.camera, verdict.seq)
+        self.last_verdict_ns = t_ns
+        if verdict.model_version and verdict.model_version != self.model_version:
+            if self.model_version:
+                self.last_swap = {"from": self.model_version, "to": verdict.model_version, "t_ns": t_ns}
+            self.model_version = verdict.model_version
         ann = self.pending.get(key)
         if ann is not None:
             if t_ns > ann.deadline_ns:  # arrived, but after the deadline: the fail-safe wins
@@ -228,6 +240,11 @@ class Gate:
             "timestamps": dict(verdict.timestamps) if verdict else {},
         }
         self.audit.write(record)
+        if self.on_record is not None:
+            try:
+                self.on_record(record)
+            except Exception:  # the page must never stop a decision
+                log.exception("feed failed for camera=%s seq=%d", *key)
         score = max(scores.values()) if scores else (1.0 if decision == "reject" else 0.0)
         try:
             self.plc.send(PlcResult(slot=ann.slot, decision=decision, reason=reason, score=score,
@@ -277,6 +294,11 @@ class GateService:
         self.stalls = StallWatch({c.name: camera_fps(cfg, c.name) for c in cfg.cameras}, cfg.gate.stall_periods)
         for name in self.stalls.limits:
             self.metrics.camera_stalled.labels(camera=name).set(0)
+        self.feed: FeedPublisher | None = None
+        if cfg.ui is not None:
+            self.feed = FeedPublisher(self.ctx, cfg)
+            self.gate.on_record = self.feed.verdict
+        self._next_health = 0.0
         self._stop = threading.Event()
         self.watchdog = sdnotify.Watchdog()
         log.info("gate: events on %s, audit log %s", self.endpoint, self.audit_path)
@@ -323,6 +345,26 @@ class GateService:
             self.metrics.camera_stalled.labels(camera=camera).set(1)
             self._write_stalls()
 
+    def _publish_health(self) -> None:
+        """Once a second: what the operator page's health bar and camera cards show."""
+        if self.feed is None:
+            return
+        t = time.monotonic()
+        if t < self._next_health:
+            return
+        self._next_health = t + 1.0
+        stalled = set(self.stalls.stalled)
+        cameras = {name: {"last_frame_s": round(t - self.stalls.last[name], 2) if name in self.stalls.last else None,
+                          "stalled": name in stalled} for name in self.stalls.limits}
+        now = now_ns()
+        silent = (now - self.gate.last_verdict_ns) / 1e9 if self.gate.last_verdict_ns else None
+        self.feed.health({"t_ns": now, "cameras": cameras, "plc": type(self.plc).__name__,
+                          "plc_connected": getattr(self.plc, "connected", None),
+                          "model_version": self.gate.model_version, "last_swap": self.gate.last_swap,
+                          "worker_silent_s": round(silent, 2) if silent is not None else None,
+                          "pending": len(self.gate.pending), "counts": dict(self.gate.counts),
+                          "feed_failed_sends": self.feed.dropped, "line": self.cfg.line.name})
+
     def _write_stalls(self) -> None:
         try:
             write_stalls(self.cfg.runtime_path(), self.stalls.snapshot(time.monotonic()))
@@ -342,6 +384,7 @@ class GateService:
                 self.gate.sweep(now_ns())
                 self.pending_journal.compact(self.gate.pending.values())
                 self._check_stalls()
+                self._publish_health()
                 self.plc.heartbeat()
                 self.watchdog.tick()
             self._drain(100_000)
@@ -356,6 +399,8 @@ class GateService:
     def close(self) -> None:
         self.pending_journal.compact(self.gate.pending.values(), force=True)
         self.pending_journal.close()
+        if self.feed is not None:
+            self.feed.close()
         self.sock.close(0)
         self.plc.close()
         self.audit.close()

@@ -30,12 +30,15 @@ class PortClaim:
 
 
 def metrics_port_claims(config: LineConfig) -> list[PortClaim]:
-    """The fixed metrics ports of gate, infer and every acquire process (0 = any free port: not listed)."""
+    """The fixed ports of gate, infer and every acquire process (metrics) and of the operator page (0 = any free
+    port: not listed)."""
     claims = []
     if config.gate.metrics_port > 0:
         claims.append(PortClaim("gate", config.gate.metrics_port, "gate.metrics_port"))
     if config.infer.metrics_port > 0:
         claims.append(PortClaim("infer", config.infer.metrics_port, "infer.metrics_port"))
+    if config.ui is not None and config.ui.port > 0:
+        claims.append(PortClaim("ui", config.ui.port, "ui.port"))
     base = config.acquire.metrics_base_port
     if base > 0:
         for index, cam in enumerate(config.cameras):

@@ -42,6 +42,7 @@ from linecam.runtime.metrics import PortInUseError
 from linecam.runtime.ports import busy_port_messages
 from linecam.runtime.stalls import read_stalls
 from linecam.runtime.status import AuditTail, LineStatus
+from linecam.runtime.ui.address import read_ui_url
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,12 @@ class Supervisor:
         gate = self._child("gate", "gate", "--config", cfg)
         self._start(gate)
         self._wait_ready([gate])
+        if self.config.ui is not None:  # before the cameras: the page sees the line's first product
+            ui = self._child("ui", "ui", "--config", cfg)
+            self._start(ui)
+            self._wait_ready([ui])
+            url = read_ui_url(self.rundir)
+            self._say(f"operator page: {url}" if url else "operator page: started (no URL written)")
         infer = self._child("infer", "infer", "--config", cfg)
         self._start(infer)
         self._wait_ready([infer])
@@ -319,7 +326,7 @@ class Supervisor:
             self._say(f"stopped {child.name} (code {rc})")
 
     def stop_all(self) -> None:
-        by_role: dict[str, list[Child]] = {"acquire": [], "infer": [], "gate": []}
+        by_role: dict[str, list[Child]] = {"acquire": [], "infer": [], "gate": [], "ui": []}
         for child in self.children:
             by_role[child.name.split("@")[0]].append(child)
         self._stop(by_role["acquire"])
@@ -330,6 +337,7 @@ class Supervisor:
             time.sleep(0.05)
         self._stop(by_role["infer"])
         self._stop(by_role["gate"])
+        self._stop(by_role["ui"])
         self._tail()
         for child in self.children:
             child.notify.close()

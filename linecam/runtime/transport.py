@@ -31,6 +31,8 @@ __all__ = [
     "CurveKeyError",
     "TransportError",
     "event_pull_bind",
+    "feed_pub_bind",
+    "feed_sub_connect",
     "event_push",
     "frame_pull_bind",
     "frame_push",
@@ -229,6 +231,19 @@ def event_push(ctx: zmq.Context[Any], endpoint: str, cfg: TransportConfig) -> zm
     event HWM is generous; ``LINGER`` stays 0 so a process never hangs on exit when the gate is gone.
     """
     return _client_socket(ctx, zmq.PUSH, endpoint, cfg, {zmq.SNDHWM: 10_000})
+
+
+def feed_pub_bind(ctx: zmq.Context[Any], endpoint: str, cfg: TransportConfig) -> zmq.Socket[Any]:
+    """The gate's live feed for the operator page: PUB, binds. A PUB socket drops what a slow subscriber cannot
+    take (high-water mark) instead of blocking the sender."""
+    return _server_socket(ctx, zmq.PUB, endpoint, cfg, {zmq.SNDHWM: 2000})
+
+
+def feed_sub_connect(ctx: zmq.Context[Any], endpoint: str, cfg: TransportConfig) -> zmq.Socket[Any]:
+    """The operator page's side of the feed: SUB to everything, connects."""
+    sock = _client_socket(ctx, zmq.SUB, endpoint, cfg, {zmq.RCVHWM: 10_000})
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    return sock
 
 
 def event_pull_bind(ctx: zmq.Context[Any], endpoint: str, cfg: TransportConfig) -> zmq.Socket[Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
-SERVICES = ("linecam-gate.service", "linecam-infer.service", "linecam-acquire@.service")
+SERVICES = ("linecam-gate.service", "linecam-infer.service", "linecam-acquire@.service", "linecam-ui.service")
 INSTALLED_BIN = "/opt/linecam/venv/bin/linecam"
 
 
@@ -82,7 +82,8 @@ def unit_copy(tmp_path: Path) -> Path:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_analyze_verify_is_clean(unit_copy: Path) -> None:
-    names = ["linecam-gate.service", "linecam-infer.service", "linecam-acquire@cam1.service", "linecam.target"]
+    names = ["linecam-gate.service", "linecam-infer.service", "linecam-acquire@cam1.service", "linecam-ui.service",
+             "linecam.target"]
     done = subprocess.run(["systemd-analyze", "verify", "--man=no", *[str(unit_copy / n) for n in names]],
                           capture_output=True, text=True, timeout=120,
                           env={"SYSTEMD_UNIT_PATH": f"{unit_copy}:", "PATH": "/usr/bin:/bin"})
@@ -101,7 +102,8 @@ def test_systemd_analyze_verify_is_clean(unit_copy: Path) -> None:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_security_exposure_is_reported(unit_copy: Path) -> None:
     """Reported, not asserted against a number: the score depends on the systemd version."""
-    for name in ("linecam-gate.service", "linecam-infer.service", "linecam-acquire@cam1.service"):
+    for name in ("linecam-gate.service", "linecam-infer.service", "linecam-acquire@cam1.service",
+                 "linecam-ui.service"):
         done = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit_copy / name)],
                               capture_output=True, text=True, timeout=120,
                               env={"SYSTEMD_UNIT_PATH": f"{unit_copy}:", "PATH": "/usr/bin:/bin"})

@@ -111,6 +111,8 @@ class Child:
     restart_at: float | None = None
     #: True from a restart until the restarted child reports READY.
     restarting: bool = False
+    #: an optional child (the operator page) that kept crashing and is left down: the line goes on without it.
+    given_up: bool = False
     started_at: float = 0.0
     _log_file: IO[bytes] | None = field(default=None, repr=False)
 
@@ -136,6 +138,8 @@ class LineFailure(RuntimeError):
 #: StartLimitIntervalSec=60), with a back-off: the n-th restart in the window waits RESTART_DELAYS_S[n].
 RESTART_BURST = 5
 RESTART_WINDOW_S = 60.0
+#: children the line does not depend on: one that keeps crashing is left down instead of stopping the line.
+OPTIONAL_CHILDREN = frozenset({"ui"})
 RESTART_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
@@ -284,6 +288,13 @@ class Supervisor:
     def _crashed(self, child: Child, why: str) -> None:
         now = time.monotonic()
         child.crashes = [t for t in child.crashes if now - t < RESTART_WINDOW_S]
+        if len(child.crashes) >= RESTART_BURST and child.name in OPTIONAL_CHILDREN:
+            child.given_up = child.asked_to_stop = True  # nothing on the line depends on it
+            child.restart_at = None
+            child.restarting = False
+            self._say(f"{child.name} {why}, its {len(child.crashes) + 1}th crash in {RESTART_WINDOW_S:.0f} s: left "
+                      f"down; the line goes on without it\n{child.log_tail()}")
+            return
         if len(child.crashes) >= RESTART_BURST:
             raise LineFailure(f"{child.name} (pid {child.pid}) {why}, its {len(child.crashes) + 1}th crash in "
                               f"{RESTART_WINDOW_S:.0f} s: not restarted again:\n{child.log_tail()}")
@@ -321,7 +332,7 @@ class Supervisor:
                 child.killed = True
                 self.failures.append(f"{child.name} ignored SIGTERM for {self.grace_s:.0f} s and was killed")
             rc = child.proc.returncode
-            if rc != 0 and not child.killed and not child.restarting:
+            if rc != 0 and not child.killed and not child.restarting and not child.given_up:
                 self.failures.append(f"{child.name} exited with code {rc} on shutdown:\n{child.log_tail()}")
             self._say(f"stopped {child.name} (code {rc})")
 

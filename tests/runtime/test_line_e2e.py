@@ -164,3 +164,31 @@ def test_a_crashed_child_is_restarted_and_the_line_goes_on(tmp_path: Path, tiny_
     keys = [(r["camera"], r["seq"]) for r in records]
     assert len(keys) == len(set(keys)) == sum(summary["announced"].values())
     assert summary["decisions"].get("accept", 0) > 0  # the restarted worker judged products again
+
+
+def test_an_operator_page_that_keeps_crashing_is_left_down_and_the_line_goes_on(tmp_path: Path,
+                                                                                tiny_model_dir: Path,
+                                                                                rt: Any) -> None:
+    """The page is optional: after the start limit it stays down instead of stopping the line (a gate or worker
+    that keeps crashing still stops it)."""
+    import io
+
+    from linecam.config import load_config
+    from linecam.runtime.supervisor import RESTART_BURST, LineFailure, Supervisor
+
+    config = load_config(_write_config(tmp_path, tiny_model_dir, rt, ui={"port": 0}))
+    out = io.StringIO()
+    supervisor = Supervisor(config, rundir=tmp_path / "run", out=out)
+    page, gate = supervisor._child("ui", "ui"), supervisor._child("gate", "gate")
+    for _ in range(RESTART_BURST):
+        supervisor._crashed(page, "exited with code 1")
+        supervisor._crashed(gate, "exited with code 1")
+    supervisor._crashed(page, "exited with code 1")  # one more: left down, no exception
+    assert page.given_up and page.asked_to_stop and page.restart_at is None and not page.restarting
+    assert "ui exited with code 1, its 6th crash in 60 s: left down; the line goes on without it" in out.getvalue()
+    try:
+        supervisor._crashed(gate, "exited with code 1")
+    except LineFailure as exc:
+        assert "gate" in str(exc) and "not restarted again" in str(exc)
+    else:
+        raise AssertionError("a gate that keeps crashing must stop the line")

@@ -94,15 +94,16 @@ class AutoChoice:
         return f"auto: {self.backend} {self.precision}{speed} ({self.reason}{source})"
 
 
-def _cpu_specs(model_dir: Path) -> list[BackendSpec]:
+def _available(model_dir: Path, cpu: bool) -> list[BackendSpec]:
+    """The backends that can run ``model_dir`` here, on the CPU or on a GPU, highest rank first."""
     specs = sorted(backend_specs().values(), key=lambda s: -s.speed_rank)
-    return [s for s in specs if s.device == "cpu" and s.probe(model_dir) is None]
+    return [s for s in specs if (s.device == "cpu") == cpu and s.probe(model_dir) is None]
 
 
 def candidates(model_dir: Path, precision: str | None = None) -> list[Variant]:
     """The CPU variants worth a trial here for ``model_dir`` (``precision``: only that one), fastest rank first."""
     out = []
-    for spec in _cpu_specs(model_dir):
+    for spec in _available(model_dir, cpu=True):
         listed = spec.precisions(model_dir) if spec.precisions is not None else ["auto"]
         out += [Variant(spec.name, p) for p in listed if precision in (None, "auto", p)]
     return out
@@ -241,8 +242,7 @@ def choose_detector(model_dir: Path, **options: Any) -> Detector:
     """Open ``model_dir`` with the variant ``auto`` picks here (see the module docstring)."""
     model_dir = Path(model_dir)
     requested = options.pop("precision", None)
-    specs = sorted(backend_specs().values(), key=lambda s: -s.speed_rank)
-    gpu = [s for s in specs if s.device != "cpu" and s.probe(model_dir) is None]
+    gpu = _available(model_dir, cpu=False)
     if gpu:
         detector = gpu[0].factory(model_dir, **({"precision": requested} if requested else {}), **options)
         choice = AutoChoice(gpu[0].name, str(getattr(detector, "precision", requested or "default")), None,

@@ -60,13 +60,14 @@ class OnnxRuntimeDetector:
         threads: int | None = None,
         providers: list[str] | None = None,
         spin: bool = True,
+        precision: str = "fp32",
     ) -> None:
         import onnxruntime as ort
 
         self.model_version = model_version
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        #: "fp32" or "int8": which graph the session runs (set by the factory; a bare session says fp32).
-        self.precision = "fp32"
+        #: "fp32" or "int8": which graph the session runs (a label: the graph file decides).
+        self.precision = precision
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -125,11 +126,10 @@ def open_onnxruntime(model_dir: Path, precision: str = "auto", **options: Any) -
     if precision not in PRECISIONS:
         raise ValueError(f"onnxruntime option precision must be one of {PRECISIONS}, got {precision!r}")
     card, version = read_card(model_dir)
-    onnx_path = onnx_for_precision(model_dir, card, "int8" if precision == "int8" else "fp32", "onnxruntime")
+    resolved = "int8" if precision == "int8" else "fp32"
+    onnx_path = onnx_for_precision(model_dir, card, resolved, "onnxruntime")
     h, w = card.input_size
-    detector = OnnxRuntimeDetector(onnx_path, (int(h), int(w)), model_version=version, **options)
-    detector.precision = "int8" if precision == "int8" else "fp32"
-    return detector
+    return OnnxRuntimeDetector(onnx_path, (int(h), int(w)), model_version=version, precision=resolved, **options)
 
 
 def _probe(model_dir: Path | None) -> str | None:

@@ -251,11 +251,11 @@ def quantize_model_dir(
             os.replace(tmp, d / ONNX_INT8_NAME)
             register_file(d, ONNX_INT8_NAME)
             report.int8_path = d / ONNX_INT8_NAME
-        else:
-            files = {k: v for k, v in read_model_card(d).files.items() if k != ONNX_INT8_NAME}
+        else:  # a previous INT8 graph that passed must not outlive a gate that now fails
             (d / ONNX_INT8_NAME).unlink(missing_ok=True)
-            write_card(d, read_model_card(d).model_copy(update={"files": files}))
-        write_card(d, read_model_card(d).model_copy(update={"int8": record}))
+        current = read_model_card(d)
+        files = {k: v for k, v in current.files.items() if k != ONNX_INT8_NAME or report.passed}
+        write_card(d, current.model_copy(update={"files": files, "int8": record}))
         return report
     finally:
         tmp.unlink(missing_ok=True)

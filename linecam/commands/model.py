@@ -80,12 +80,7 @@ def register(subparsers: Any) -> None:
     e.add_argument("--json", required=True, type=Path, help="metrics JSON to write")
     e.add_argument("--report", type=Path, default=None, help="folder for ROC curves, worst cases and index.html")
     e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--backend", default="auto",
-                   help="inference backend (default auto: the fastest correct one here, as the line picks it)")
-    e.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32", "int8"])
-    e.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                   help="cuda: with --backend auto, a GPU backend")
-    e.add_argument("--threads", type=int, default=None, help="CPU threads of the backend")
+    _add_scoring_options(e)
     e.add_argument("--fixed-mask", type=Path, default=None,
                    help="optional per-camera scoring mask (default: none, the ROI attention is learned)")
     e.add_argument("--store", action="store_true",
@@ -101,13 +96,17 @@ def register(subparsers: Any) -> None:
     r.add_argument("--heatmaps", type=Path, default=None, help="folder for jet heatmap overlays")
     r.add_argument("--roi", type=Path, default=None, help="optional fixed scoring mask (PNG, 0/255)")
     r.add_argument("--threshold", type=float, default=None, help="override the card's calibrated threshold")
-    r.add_argument("--backend", default="auto",
-                   help="inference backend (default auto: the fastest correct one here, as the line picks it)")
-    r.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32", "int8"])
-    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                   help="cuda: with --backend auto, a GPU backend")
-    r.add_argument("--threads", type=int, default=None, help="CPU threads of the backend")
+    _add_scoring_options(r)
     r.set_defaults(func=cmd_predict)
+
+
+def _add_scoring_options(p: argparse.ArgumentParser) -> None:
+    """The options that choose what scores (eval and predict): the same backends and ``auto`` as the line."""
+    p.add_argument("--backend", default="auto",
+                   help="inference backend (default auto: the fastest correct one here, as the line picks it)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32", "int8"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: with --backend auto, a GPU backend")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the backend")
 
 
 def _err(msg: str) -> int:

@@ -151,13 +151,13 @@ def _int8_golden_scores(stage: Path, card: Any, images: list[Any]) -> dict[str, 
 
     from linecam.backends import create_detector
     from linecam.backends.base import BackendUnavailableError
+    from linecam.backends.modelfiles import ONNX_INT8_NAME, int8_refusal
 
-    gates = ((getattr(card, "int8", None) or {}).get("gates") or {})
-    if "model.int8.onnx" not in card.files:
+    if ONNX_INT8_NAME not in card.files:
         return {}
     out: dict[str, list[float]] = {}
-    for backend, gate in sorted(gates.items()):
-        if not isinstance(gate, dict) or not gate.get("passed"):
+    for backend in sorted((getattr(card, "int8", None) or {}).get("gates") or {}):
+        if int8_refusal(card, backend) is not None:
             continue
         try:
             detector = create_detector(stage, backend, precision="int8")

@@ -33,7 +33,12 @@ def _print(title: str, m: dict) -> None:
             print(f"  {k:36s} {m[k]:.4f}{spread}")
     if m.get("unseen"):
         for k, v in m["unseen"].items():
-            print(f"  unseen {k:29s} {v:.4f}" if isinstance(v, float) else f"  unseen {k:29s} {v}")
+            if k == "per_kind":
+                for kind, row in v.items():
+                    print(f"  unseen kind {kind:18s} n={row['n']:4d} caught={row['detection_rate']:.3f} "
+                          f"auroc={row['image_auroc']:.4f}")
+            else:
+                print(f"  unseen {k:29s} {v:.4f}" if isinstance(v, float) else f"  unseen {k:29s} {v}")
     for kind, v in m.get("per_kind", {}).items():
         print(f"  kind {kind:20s} n={v['n']:4d} reject_rate={v['reject_rate']:.3f} mean_score={v['mean_score']:.4f}")
     for row in m.get("by_defect_area", []):

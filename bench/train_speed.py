@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,7 +30,7 @@ from linecam.hardware import cpu_kind, cpu_summary, native_bf16, resolve_precisi
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _tiny_dataset(root: Path, size: int, n: int = 6) -> Path:
+def tiny_dataset(root: Path, size: int, n: int = 6) -> Path:
     """A few PNGs so the Trainer can be built; the timed steps use in-memory batches."""
     rng = np.random.default_rng(0)
     for i in range(n):
@@ -39,8 +40,11 @@ def _tiny_dataset(root: Path, size: int, n: int = 6) -> Path:
     return root
 
 
-def images_per_s(data: Path, profile: str, size: int, precision: str, batch: int, warmup: int, steps: int) -> float:
-    cfg = TrainConfig(data=data, out=data / "out", profile=profile, profile_overrides={"image_size": size},
+def images_per_s(data: Path, profile: str, size: int, precision: str, batch: int, warmup: int, steps: int,
+                 overrides: dict[str, Any] | None = None) -> float:
+    """Images/s of ``steps`` real trainer steps (median) after ``warmup``; ``overrides`` change profile fields."""
+    cfg = TrainConfig(data=data, out=data / "out", profile=profile,
+                      profile_overrides={**(overrides or {}), "image_size": size},
                       batch_size=batch, precision=precision, progress=False)  # type: ignore[arg-type]
     trainer = Trainer(cfg)
     gen = torch.Generator().manual_seed(0)
@@ -73,7 +77,7 @@ def main() -> None:
     precisions = ["fp32", "bf16"] if native_bf16() else ["fp32"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = _tiny_dataset(Path(tmp), args.image_size)
+        data = tiny_dataset(Path(tmp), args.image_size)
         for profile in args.profiles:
             res = {p: images_per_s(data, profile, args.image_size, p, args.batch_size, args.warmup, args.steps)
                    for p in precisions}

@@ -42,6 +42,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fill-modes", type=lambda v: tuple(v.split(",")), default=None,
                    help="simulated-defect fills, comma separated from pixels,solid,smooth,gray "
                         "(default pixels,solid,smooth)")
+    p.add_argument("--shape-families", type=lambda v: tuple(v.split(",")), default=None,
+                   help="simulated-defect shapes, comma separated from perlin,soft,thin,cluster (default perlin: "
+                        "the paper's blobs; soft = low-contrast faded regions, thin = curvilinear lines, "
+                        "cluster = groups of small specks)")
     p.add_argument("--no-refresh-bn", action="store_true",
                    help="skip the per-epoch BatchNorm re-estimation before validation (for comparisons)")
     p.add_argument("--unet-lr", type=float, default=None, help="U-Net learning rate (default: --lr)")
@@ -136,7 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "command": " ".join(shlex.quote(a) for a in ["linecam", *sys.argv[1:]]),
     }
     for key in ("rotation", "clean_share", "val_fraction", "focal_gamma", "perlin_scales", "unet_lr", "fill_modes",
-                "target_dilate", "init_from", "select_by", "select_split", "ema_decay", "lr_schedule",
+                "shape_families", "target_dilate", "init_from", "select_by", "select_split", "ema_decay", "lr_schedule",
                 "unet_prior"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
@@ -196,7 +200,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         model_cpu, _ = load_model_dir(args.model)
         with phase(f"eval report into {args.report}"):
-            write_report(args.report, model_cpu, preds, metrics, size)
+            write_report(args.report, model_cpu, preds, metrics, size,
+                         training_plot=args.model / "training" / "loss_curves.png")
     print(f"{summary_line(metrics)}  threshold={metrics['threshold']:.5f}")
     if args.store:
         keep = {k: v for k, v in metrics.items() if not isinstance(v, dict)}

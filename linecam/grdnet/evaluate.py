@@ -367,6 +367,13 @@ def unseen_metrics(test: Predictions, unseen: Predictions, threshold: float) -> 
     scores = np.r_[good.scores, bad.scores]
     out: dict[str, Any] = {"image_auroc": image_auroc(labels, scores),
                            "detection_rate": float(rejects(bad.scores, threshold).mean()), "n": int(bad.labels.size)}
+    per_kind: dict[str, dict[str, Any]] = {}
+    for kind in sorted(set(bad.kinds)):
+        sel = np.array([k == kind for k in bad.kinds])
+        per_kind[kind] = {"n": int(sel.sum()), "detection_rate": float(rejects(bad.scores[sel], threshold).mean()),
+                          "image_auroc": image_auroc(np.r_[good.labels, bad.labels[sel]],
+                                                     np.r_[good.scores, bad.scores[sel]])}
+    out["per_kind"] = per_kind
     both = Predictions(scores, np.concatenate([good.maps, bad.maps]), np.concatenate([good.masks, bad.masks]),
                        np.concatenate([good.rois, bad.rois]), labels)
     try:

@@ -20,6 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 FILL_MODES = ("pixels", "solid", "smooth")
+#: shape families of the simulated anomalies. "perlin" (thresholded Perlin blobs, the paper's and DRAEM's) is the
+#: default; the others cover broad families of real surface and fill defects that blobs miss: "soft" (large,
+#: low-contrast regions whose edge fades out), "thin" (curvilinear lines one to three pixels wide: the zero
+#: crossings of a Perlin field, cut to a patch) and "cluster" (a handful of small specks close together).
+SHAPE_FAMILIES = ("perlin", "soft", "thin", "cluster")
 #: every fill the simulator knows; "gray" (one random luminance, equal in every channel) is opt-in: it makes
 #: defects that differ from the product only in brightness, as on monochrome cameras.
 ALL_FILL_MODES = (*FILL_MODES, "gray")
@@ -129,7 +134,11 @@ class AnomalySimulator:
       U-Net does not learn to detect only high-frequency noise; "gray" (one random luminance in every
       channel, opt-in) for defects that differ only in brightness, as on monochrome cameras;
     * blend: inside the mask ``beta*image + (1-beta)*fill`` with beta ~ U(``beta_range``); outside the mask
-      the image is returned bit-identical.
+      the image is returned bit-identical;
+    * shape: per sample one of ``shape_families`` (see :data:`SHAPE_FAMILIES`). A "soft" sample is blended with
+      a weight that fades to zero at the mask's edge and with beta ~ U(0.4, 0.8) (low contrast); the mask is
+      still every pixel that changed. Since anomalies land anywhere in the frame, the out-of-ROI samples the
+      ROI attention learns to ignore come in the same families.
     """
 
     def __init__(
@@ -143,6 +152,7 @@ class AnomalySimulator:
         fill_modes: tuple[str, ...] = FILL_MODES,
         max_redraws: int = 4,
         noise_subsample: int = 2,
+        shape_families: tuple[str, ...] = ("perlin",),
     ) -> None:
         if not 0.0 <= clean_share <= 1.0:
             raise ValueError(f"AnomalySimulator: clean_share must be in [0, 1], got {clean_share}")
@@ -157,6 +167,11 @@ class AnomalySimulator:
         if unknown or not fill_modes:
             raise ValueError(
                 f"AnomalySimulator: fill_modes {fill_modes!r} must be a non-empty subset of {ALL_FILL_MODES}")
+        bad_shapes = [f for f in shape_families if f not in SHAPE_FAMILIES]
+        if bad_shapes or not shape_families:
+            raise ValueError(
+                f"AnomalySimulator: shape_families {shape_families!r} must be a non-empty subset of {SHAPE_FAMILIES}")
+        self.shape_families = tuple(shape_families)
         self.clean_share = clean_share
         self.threshold = threshold
         self.min_scale_exp = min_scale_exp
@@ -169,8 +184,9 @@ class AnomalySimulator:
             raise ValueError(f"AnomalySimulator: noise_subsample must be >= 1, got {noise_subsample}")
         self.noise_subsample = noise_subsample
 
-    def _noise(self, n: int, h: int, w: int, generator: torch.Generator, device: torch.device) -> Tensor:
-        lo, hi = self.min_scale_exp, self.max_scale_exp
+    def _noise(self, n: int, h: int, w: int, generator: torch.Generator, device: torch.device,
+               scales: tuple[int, int] | None = None) -> Tensor:
+        lo, hi = scales if scales is not None else (self.min_scale_exp, self.max_scale_exp)
         exps = torch.randint(lo, hi, (2, n), generator=generator, device=generator.device)
         res = 2 ** exps.cpu()
         angle = None
@@ -185,23 +201,98 @@ class AnomalySimulator:
         coarse = perlin_noise_batch((hs, ws), res[0], res[1], generator, angle=angle, device=device)
         return F.interpolate(coarse.unsqueeze(1), size=(h, w), mode="bilinear", align_corners=False).squeeze(1)
 
-    def masks(self, n: int, h: int, w: int, generator: torch.Generator, device: torch.device) -> Tensor:
-        """Non-empty boolean anomaly masks (n, H, W) (no clean samples): the shapes alone, for reuse."""
-        mask = self._noise(n, h, w, generator, device) > self.threshold
+    def _shape(self, family: str, n: int, h: int, w: int, generator: torch.Generator,
+               device: torch.device) -> tuple[Tensor, Tensor | None]:
+        """One draw of ``family``: (boolean masks (n, H, W), blend weight in [0, 1] or None for a hard edge)."""
+        if family == "perlin":
+            return self._noise(n, h, w, generator, device) > self.threshold, None
+        gdev = generator.device
+        # A patch (a coarse Perlin blob) that confines the finer structures of "thin" and "cluster".
+        if family == "soft":
+            # Coarse scales only (1-4 cells): large regions; the weight ramps up over the outer part of the blob.
+            noise = self._noise(n, h, w, generator, device, scales=(0, 3))
+            weight = ((noise - self.threshold) / 0.35).clamp(0.0, 1.0)
+            weight = weight * weight * (3.0 - 2.0 * weight)  # smoothstep: no visible rim
+            # Below 15% of its contrast a change is noise in an 8-bit frame: not marked as anomaly, not drawn.
+            weight = torch.where(weight < 0.15, torch.zeros_like(weight), weight)
+            return weight > 0, weight
+        if family == "thin":
+            field = self._noise(n, h, w, generator, device, scales=(1, 4))
+            gy = torch.zeros_like(field)
+            gx = torch.zeros_like(field)
+            gy[:, 1:-1] = (field[:, 2:] - field[:, :-2]) / 2.0
+            gx[:, :, 1:-1] = (field[:, :, 2:] - field[:, :, :-2]) / 2.0
+            # |f| / |grad f| is the distance in pixels to the zero crossing: a line of chosen half-width.
+            dist = field.abs() / (gy.square() + gx.square()).sqrt().clamp_min(1e-6)
+            half = (0.5 + torch.rand(n, generator=generator, device=gdev) * 1.0).to(device).view(n, 1, 1)
+            patch = self._noise(n, h, w, generator, device, scales=(0, 3)) > self.threshold
+            return (dist < half) & patch, None
+        if family == "cluster":
+            # 3-8 specks (radius 0.7-2.5 px at 256 px, scaled with the frame) scattered within a few speck sizes
+            # of a common centre.
+            k = 8
+            scale = min(h, w) / 256.0
+            r = torch.rand((n, 3 + 4 * k), generator=generator, device=gdev).to(device)
+            cy, cx = r[:, 0].view(n, 1) * (h - 1), r[:, 1].view(n, 1) * (w - 1)
+            spread = (6.0 + 14.0 * r[:, 2].view(n, 1)) * scale
+            ang = r[:, 3:3 + k] * (2 * math.pi)
+            dist = r[:, 3 + k:3 + 2 * k].sqrt() * spread
+            radius = (0.7 + 1.8 * r[:, 3 + 2 * k:3 + 3 * k]) * max(scale, 0.5)
+            count = 3 + (r[:, 3 + 3 * k:3 + 4 * k] * 6).long()[:, :1]  # 3..8 specks
+            active = torch.arange(k, device=device).view(1, k) < count
+            sy = (cy + dist * torch.sin(ang)).view(n, k, 1, 1)
+            sx = (cx + dist * torch.cos(ang)).view(n, k, 1, 1)
+            ys = torch.arange(h, device=device, dtype=torch.float32).view(1, 1, h, 1)
+            xs = torch.arange(w, device=device, dtype=torch.float32).view(1, 1, 1, w)
+            inside = (ys - sy).square() + (xs - sx).square() <= radius.view(n, k, 1, 1).square()
+            return (inside & active.view(n, k, 1, 1)).any(dim=1), None
+        raise ValueError(f"AnomalySimulator: unknown shape family {family!r}")
+
+    def _shapes(self, family: str, n: int, h: int, w: int, generator: torch.Generator,
+                device: torch.device) -> tuple[Tensor, Tensor | None]:
+        """Non-empty masks of ``family``: empty draws are redrawn, then the top 2% of a Perlin field is used."""
+        mask, weight = self._shape(family, n, h, w, generator, device)
         for _ in range(self.max_redraws):
-            empty = ~mask.flatten(1).any(dim=1)
-            idx = torch.nonzero(empty).flatten()
+            idx = torch.nonzero(~mask.flatten(1).any(dim=1)).flatten()
             if idx.numel() == 0:
-                return mask
-            mask[idx] = self._noise(int(idx.numel()), h, w, generator, device) > self.threshold
-        empty = ~mask.flatten(1).any(dim=1)
-        idx = torch.nonzero(empty).flatten()
+                return mask, weight
+            m, wgt = self._shape(family, int(idx.numel()), h, w, generator, device)
+            mask[idx] = m
+            if weight is not None and wgt is not None:
+                weight[idx] = wgt
+        idx = torch.nonzero(~mask.flatten(1).any(dim=1)).flatten()
         if idx.numel():
             noise = self._noise(int(idx.numel()), h, w, generator, device).flatten(1)
             k = max(1, (h * w) // 50)
             kth = noise.topk(k, dim=1).values[:, -1:]
             mask[idx] = (noise >= kth).view(-1, h, w)
-        return mask
+            if weight is not None:
+                weight[idx] = 1.0
+        return mask, weight
+
+    def masks(self, n: int, h: int, w: int, generator: torch.Generator, device: torch.device) -> Tensor:
+        """Non-empty boolean anomaly masks (n, H, W) (no clean samples) of the default "perlin" family."""
+        return self._shapes("perlin", n, h, w, generator, device)[0]
+
+    def shapes(self, n: int, h: int, w: int, generator: torch.Generator,
+               device: torch.device) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Masks of every sample, each of a family drawn from ``shape_families``: (masks (n, H, W), blend weights
+        (n, H, W) or None when every edge is hard, family index per sample or None with one family)."""
+        if self.shape_families == ("perlin",):
+            return self.masks(n, h, w, generator, device), None, None
+        family = torch.randint(0, len(self.shape_families), (n,), generator=generator,
+                               device=generator.device).to(device)
+        mask = torch.zeros((n, h, w), dtype=torch.bool, device=device)
+        weight = torch.ones((n, h, w), dtype=torch.float32, device=device)
+        for i, name in enumerate(self.shape_families):
+            idx = torch.nonzero(family == i).flatten()
+            if idx.numel() == 0:
+                continue
+            m, wgt = self._shapes(name, int(idx.numel()), h, w, generator, device)
+            mask[idx] = m
+            if wgt is not None:
+                weight[idx] = wgt
+        return mask, weight, family
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """images (N,C,H,W) float in [0,1] -> (augmented (N,C,H,W) in [0,1], mask (N,1,H,W) float in {0,1})."""
@@ -218,8 +309,8 @@ class AnomalySimulator:
             return torch.rand(size, generator=generator, device=gdev).to(dev)
 
         clean = rand(n) < self.clean_share
-        mask = self.masks(n, h, w, generator, dev) & ~clean.view(n, 1, 1)
-        mask = mask.unsqueeze(1)
+        shapes, weight, family = self.shapes(n, h, w, generator, dev)
+        mask = (shapes & ~clean.view(n, 1, 1)).unsqueeze(1)
 
         mode = torch.randint(0, len(self.fill_modes), (n,), generator=generator, device=gdev).to(dev)
         pixels = rand(n, c, h, w)
@@ -232,6 +323,15 @@ class AnomalySimulator:
             fill = torch.where((mode == i).view(n, 1, 1, 1), choices[name].to(images.dtype), fill)
         lo, hi = self.beta_range
         beta = (lo + (hi - lo) * rand(n)).view(n, 1, 1, 1).to(images.dtype)
+        if family is not None and "soft" in self.shape_families:
+            soft = (family == self.shape_families.index("soft")).view(n, 1, 1, 1)
+            beta = torch.where(soft, (0.4 + 0.4 * rand(n)).view(n, 1, 1, 1).to(images.dtype), beta)
         blended = beta * images + (1.0 - beta) * fill
-        augmented = torch.where(mask, blended.clamp(0.0, 1.0), images)
+        if weight is not None:
+            wgt = weight.unsqueeze(1).to(images.dtype)
+            blended = torch.where(wgt < 1.0, images + (blended - images) * wgt, blended)
+        blended = blended.clamp(0.0, 1.0)
+        # The target is every pixel that changed (a soft edge may fade to no change at all).
+        mask = mask & (blended != images).any(dim=1, keepdim=True) if weight is not None else mask
+        augmented = torch.where(mask, blended, images)
         return augmented, mask.to(images.dtype)

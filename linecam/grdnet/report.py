@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,12 @@ def fig8_panel(model: GRDNet, image_path: str, mask: np.ndarray, roi: np.ndarray
 
 
 def write_report(out_dir: str | Path, model: GRDNet, preds: dict[str, Predictions],
-                 metrics: dict[str, Any], image_size: int, n_worst: int = 4) -> Path:
-    """Write roc.png, cases/*.png and index.html under ``out_dir``; returns the index path."""
+                 metrics: dict[str, Any], image_size: int, n_worst: int = 4,
+                 training_plot: Path | None = None) -> Path:
+    """Write roc.png, cases/*.png and index.html under ``out_dir``; returns the index path.
+
+    ``training_plot`` (the model's ``training/loss_curves.png``, losses and validation AUROC per epoch) is
+    copied next to the page and shown with it, so the figures and the run that produced them are read together."""
     out = Path(out_dir)
     (out / "cases").mkdir(parents=True, exist_ok=True)
     # Panels of an earlier report in the same folder would sit next to this one's and could be taken for the
@@ -132,6 +137,11 @@ def write_report(out_dir: str | Path, model: GRDNet, preds: dict[str, Prediction
         title = f"{why}: {test.kinds[i]} {Path(test.paths[i]).name} score {test.scores[i]:.4f} (thr {thr:.4f})"
         fig8_panel(model, test.paths[i], test.masks[i], test.rois[i], image_size, title, out / "cases" / name)
         rows.append(f"<h3>{html.escape(title)}</h3><img src='cases/{html.escape(name)}'>")
+    training = ""
+    if training_plot is not None and Path(training_plot).is_file():
+        shutil.copyfile(training_plot, out / "training_curves.png")
+        training = ("<h2>Training (per epoch)</h2><p>Losses and validation figures per epoch; the dashed line marks "
+                    "the epoch with the best validation AUROC.</p><img src='training_curves.png'>")
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
                     for k, v in sorted(scalars.items()))
@@ -142,7 +152,7 @@ def write_report(out_dir: str | Path, model: GRDNet, preds: dict[str, Prediction
         "<h1>GRD-Net evaluation</h1><p>Thresholds were calibrated on the calibration split; the figures below are "
         "on the test split, scored without any mask.</p>"
         f"<table>{table}</table><pre>{nested}</pre><h2>ROC</h2><img src='roc.png'>"
-        f"<h2>Worst cases</h2>{''.join(rows)}</body></html>"
+        f"<h2>Worst cases</h2>{''.join(rows)}{training}</body></html>"
     )
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")

@@ -73,7 +73,9 @@ RoiVariantName = Literal["overlap", "intersection", "intersection_overlap", "neg
 CHECKPOINT_LAST = "checkpoint_last.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
 TRAINING_SUBDIR = "training"
-PLOT_EVERY = 10
+PLOT_EVERY = 1
+"""Epochs between redraws of training/loss_curves.png: every epoch (about 1 s against a minute or more per epoch),
+so a run going wrong (a seed whose validation AUROC stalls, a loss that diverges) shows while it runs."""
 PLATEAU_FACTOR = math.exp(-0.1)  # paper eq. 7: LR_k = LR_{k-1} * e^{-alpha}, alpha = 0.1
 COSINE_FLOOR = 0.01  # the cosine schedule ends at 1% of the starting LR
 
@@ -104,6 +106,9 @@ class TrainConfig(pydantic.BaseModel, extra="forbid"):
     perlin_scales: tuple[int, int] = (0, 6)
     """Perlin lattice exponents [lo, hi): 2**k cells per axis; higher k = smaller simulated defects."""
     fill_modes: tuple[str, ...] = FILL_MODES
+    shape_families: tuple[str, ...] = ("perlin",)
+    """Shapes of the simulated defects (:data:`linecam.grdnet.perlin.SHAPE_FAMILIES`): Perlin blobs alone, or
+    also soft low-contrast regions, thin curvilinear lines and small clusters, inside and outside the ROI."""
     target_dilate: int = pydantic.Field(default=0, ge=0, le=16)
     """Grow the U-Net's target by this many pixels (a square max filter) around the simulated defect inside the
     ROI, while the image keeps the exact defect (see ``Trainer.unet_target``). Why: the fixed scoring head
@@ -352,7 +357,8 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self.disc.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.simulator = AnomalySimulator(clean_share=cfg.clean_share, min_scale_exp=cfg.perlin_scales[0],
-                                          max_scale_exp=cfg.perlin_scales[1], fill_modes=cfg.fill_modes)
+                                          max_scale_exp=cfg.perlin_scales[1], fill_modes=cfg.fill_modes,
+                                          shape_families=cfg.shape_families)
         self.weights = LossWeights()
         unet_lr = cfg.unet_lr if cfg.unet_lr is not None else cfg.lr
         self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
@@ -701,7 +707,7 @@ class Trainer:
                 self.best_val = value
             if self.info.is_main:
                 self._save_checkpoint(epoch + 1, best=improved)
-                # Plotting costs ~1 s: every PLOT_EVERY epochs and at the end, the JSON history every epoch.
+                # Plotting costs ~1 s: every PLOT_EVERY epochs and at the end; the JSON history every epoch.
                 self._write_history(plot=(epoch + 1) % PLOT_EVERY == 0 or epoch + 1 == cfg.epochs)
         return record
 
@@ -841,11 +847,15 @@ def plot_loss_curves(history: list[dict[str, float]], path: Path) -> None:
     cols = 3
     rows = max(1, math.ceil(len(families) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    aurocs = [(h["val_auroc"], h["epoch"]) for h in history if h.get("val_auroc") is not None]
+    best_epoch = max(aurocs)[1] if aurocs else None
     for ax, fam in zip(axes.ravel(), families, strict=False):
         for prefix in ("train_", "val_"):
             k = prefix + fam
             if any(k in h for h in history):
                 ax.plot(epochs, [h.get(k, float("nan")) for h in history], marker="o", label=prefix[:-1])
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=0.8, label="best val AUROC")
         ax.set_title(fam)
         ax.set_xlabel("epoch")
         ax.legend()
@@ -897,6 +907,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path | None:
         "target_dilate": cfg.target_dilate,
         "init_from": str(cfg.init_from) if cfg.init_from is not None else None,
         "fill_modes": list(cfg.fill_modes),
+        "shape_families": list(cfg.shape_families),
         "refresh_bn": cfg.refresh_bn,
         "val_fraction": cfg.val_fraction,
         "select_by": cfg.select_by,

@@ -15,8 +15,12 @@ import numpy as np
 
 SEEN_KINDS: tuple[str, ...] = ("particle", "spot", "scratch", "fibre")
 """Defect kinds present in val/test (the kinds a model may be tuned on)."""
-UNSEEN_KINDS: tuple[str, ...] = ("inclusion", "deformation")
-"""Kinds kept only in test_unseen: a coloured foreign body and a dented wall, never met during tuning."""
+UNSEEN_KINDS: tuple[str, ...] = ("inclusion", "deformation", "die_lines", "flake")
+"""Kinds kept only in test_unseen, never met during tuning: a coloured foreign body, a dented wall, die lines
+(a band of parallel, evenly spaced straight streaks left by a damaged extrusion die) and a flake (a flat,
+straight-edged plastic chip whose edges catch the light on one side and shade on the other). The last two are
+chosen to lie outside the training simulator's shape families (blobs, soft regions, single curved lines, speck
+clusters): periodic parallel structure, and straight edges with a two-tone rim."""
 ALL_KINDS: tuple[str, ...] = SEEN_KINDS + UNSEEN_KINDS
 
 _SHIFT = 4  # cv2 fixed-point bits for sub-pixel drawing
@@ -46,6 +50,8 @@ DEFAULT_SPECS: dict[str, DefectSpec] = {
     "fibre": DefectSpec(1000.0, 4000.0),
     "inclusion": DefectSpec(250.0, 1200.0),
     "deformation": DefectSpec(800.0, 2500.0),
+    "die_lines": DefectSpec(1500.0, 4000.0),
+    "flake": DefectSpec(400.0, 1500.0),
 }
 
 
@@ -183,6 +189,10 @@ def draw_defect(
         return DefectDrawing(kind, alpha, (grey, grey, grey * 1.1), False, size_um, length)
     if kind == "deformation":
         return _draw_deformation(rng, shape, centre, size_um, max(size_px, 6.0))
+    if kind == "die_lines":
+        return _draw_die_lines(rng, shape, centre, size_um, max(size_px, 8.0), um_per_px)
+    if kind == "flake":
+        return _draw_flake(rng, shape, centre, size_um, max(size_px, 4.0))
     raise ValueError(f"defect kind: unknown {kind!r}; expected one of {list(ALL_KINDS)}")
 
 
@@ -213,9 +223,63 @@ def _draw_deformation(
     )
 
 
+def _draw_die_lines(rng: np.random.Generator, shape: tuple[int, int], centre: np.ndarray, size_um: float,
+                    length: float, um_per_px: float) -> DefectDrawing:
+    """3-6 straight parallel streaks of equal spacing (80-200 um), along the extrusion axis (vertical, within
+    12 degrees), darker or lighter than the wall by the same small factor: a periodic pattern, not one line."""
+    n = int(rng.integers(3, 7))
+    spacing = max(float(rng.uniform(80.0, 200.0)) / um_per_px, 2.0)
+    ang = np.pi / 2 + float(rng.uniform(-0.21, 0.21))
+    d = np.array([np.cos(ang), np.sin(ang)])
+    nrm = np.array([-d[1], d[0]])
+    can = _canvas(shape)
+    for i in range(n):
+        offset = (i - (n - 1) / 2.0) * spacing
+        p0 = centre + nrm * offset - d * length / 2.0
+        p1 = centre + nrm * offset + d * length / 2.0
+        cv2.line(can, tuple(_fixed(p0).ravel()), tuple(_fixed(p1).ravel()), 255, 1, cv2.LINE_AA, _SHIFT)
+    alpha = can.astype(np.float32) / 255.0 * float(rng.uniform(0.8, 1.0))
+    contrast = float(rng.uniform(0.25, 0.45))
+    f = 1.0 - contrast if rng.random() < 0.6 else 1.0 + contrast
+    return DefectDrawing("die_lines", alpha, (f, f, f), True, size_um, length)
+
+
+def _draw_flake(rng: np.random.Generator, shape: tuple[int, int], centre: np.ndarray, size_um: float,
+                extent: float) -> DefectDrawing:
+    """A convex polygon of 4-6 straight edges: a faintly brighter body, a bright rim on the lit side and a dark
+    rim on the other (a flat chip of plastic catching a directional light)."""
+    n = int(rng.integers(4, 7))
+    ang = np.sort(rng.uniform(0.0, 2.0 * np.pi, n) + np.arange(n) * (2.0 * np.pi / n)) % (2.0 * np.pi)
+    ang = np.sort(ang)
+    pts = np.stack([np.cos(ang), np.sin(ang) * rng.uniform(0.5, 1.0)], axis=1)
+    span = max(float(np.max(np.linalg.norm(pts[:, None, :] - pts[None, :, :], axis=2))), 1e-6)
+    poly = centre + pts * (extent / span)
+    h, w = shape
+    body = _canvas(shape)
+    cv2.fillPoly(body, [_fixed(poly)], 255, cv2.LINE_AA, _SHIFT)
+    light = float(rng.uniform(0.0, 2.0 * np.pi))
+    lit, dark = _canvas(shape), _canvas(shape)
+    for i in range(n):
+        a, b = poly[i], poly[(i + 1) % n]
+        normal_angle = np.arctan2(b[0] - a[0], -(b[1] - a[1]))  # outward normal of a counter-clockwise edge
+        target = lit if np.cos(normal_angle - light) > 0 else dark
+        cv2.line(target, tuple(_fixed(a).ravel()), tuple(_fixed(b).ravel()), 255, 1, cv2.LINE_AA, _SHIFT)
+    body_f = body.astype(np.float32) / 255.0
+    lit_f = lit.astype(np.float32) / 255.0
+    dark_f = dark.astype(np.float32) / 255.0
+    tint = float(rng.uniform(1.08, 1.2))
+    # A per-pixel factor on the product, folded into one relative drawing: alpha 1 where anything is drawn.
+    factor = 1.0 + (tint - 1.0) * body_f + 0.5 * lit_f - 0.45 * dark_f
+    alpha = np.clip(np.maximum(body_f, np.maximum(lit_f, dark_f)), 0.0, 1.0)
+    warp_x, warp_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return DefectDrawing("flake", alpha, (1.0, 1.0, 1.0), True, size_um, extent,
+                         (warp_x, warp_y, np.where(alpha > 0, (factor - 1.0 + alpha) / np.maximum(alpha, 1e-3), 1.0)
+                          .astype(np.float32)))
+
+
 def placement_radius(kind: str, size_um: float, um_per_px: float) -> float:
     """Pixels to keep between a defect centre and a region border so the drawing usually fits."""
     size_px = size_um / um_per_px
-    if kind in ("scratch", "fibre"):
+    if kind in ("scratch", "fibre", "die_lines"):
         return size_px / 2.0 + 2.0
     return max(size_px, 2.0) / 2.0 + 2.0

@@ -97,3 +97,74 @@ def test_gray_fill_changes_brightness_only() -> None:
     per_sample = aug.permute(0, 2, 3, 1)[mask[:, 0].bool()]  # (pixels, 3): every channel the same value
     assert torch.allclose(per_sample[:, 0], per_sample[:, 1]) and torch.allclose(per_sample[:, 1], per_sample[:, 2])
     assert torch.equal(aug[~inside], x[~inside])  # outside the mask the image is untouched
+
+
+def _family_batch(family: str, n: int = 24, size: int = 128, seed: int = 11) -> tuple[torch.Tensor, ...]:
+    x = torch.full((n, 3, size, size), 0.5) + 0.05 * images(n, size, size, seed=seed)
+    sim = AnomalySimulator(clean_share=0.0, fill_modes=("solid",), shape_families=(family,))
+    aug, mask = sim(x, torch.Generator().manual_seed(seed))
+    return x, aug, mask
+
+
+@pytest.mark.parametrize("family", ["perlin", "soft", "thin", "cluster"])
+def test_every_family_marks_exactly_the_changed_pixels(family: str) -> None:
+    x, aug, mask = _family_batch(family)
+    changed = (aug != x).any(dim=1, keepdim=True)
+    assert torch.equal(changed, mask.bool()), family
+    assert bool((mask.flatten(1).sum(1) > 0).all()), f"{family}: a sample without an anomaly"
+
+
+def test_thin_family_draws_lines_and_cluster_family_draws_several_small_specks() -> None:
+    import cv2
+    import numpy as np
+
+    _, _, thin = _family_batch("thin")
+    _, _, blobs = _family_batch("perlin")
+    kernel = np.ones((3, 3), np.uint8)
+
+    def eroded_share(masks: torch.Tensor) -> float:
+        m = masks[:, 0].numpy().astype(np.uint8)
+        kept = sum(int(cv2.erode(cv2.erode(s, kernel), kernel).sum()) for s in m)
+        return kept / max(int(m.sum()), 1)
+
+    # two 3x3 erosions remove (nearly) all of a 1-3 px line, little of a blob
+    assert eroded_share(thin) < 0.1 < eroded_share(blobs)
+    _, _, cluster = _family_batch("cluster")
+    parts, spans = [], []
+    for s in cluster[:, 0].numpy().astype(np.uint8):
+        parts.append(cv2.connectedComponents(s)[0] - 1)
+        ys, xs = np.nonzero(s)
+        spans.append(max(ys.max() - ys.min(), xs.max() - xs.min()) + 1)
+    assert np.median(parts) >= 2  # several specks
+    assert max(spans) <= 2 * (20 + 2.5) * 128 / 256 + 2  # within a few speck sizes of the centre
+
+
+def test_soft_family_is_low_contrast_and_fades_at_the_edge() -> None:
+    import cv2
+    import numpy as np
+
+    x, soft, soft_mask = _family_batch("soft")
+    _, hard, hard_mask = _family_batch("perlin")
+    delta_soft = (soft - x).abs().amax(dim=1)[soft_mask[:, 0].bool()]
+    delta_hard = (hard - x).abs().amax(dim=1)[hard_mask[:, 0].bool()]
+    assert float(delta_soft.mean()) < 0.6 * float(delta_hard.mean())
+    # the change at the region's rim is smaller than in its core
+    rim, core = [], []
+    for i in range(len(x)):
+        m = soft_mask[i, 0].numpy().astype(np.uint8)
+        inner = cv2.erode(m, np.ones((9, 9), np.uint8)).astype(bool)
+        d = (soft[i] - x[i]).abs().amax(dim=0).numpy()
+        if inner.any() and (m.astype(bool) & ~inner).any():
+            rim.append(d[m.astype(bool) & ~inner].mean())
+            core.append(d[inner].mean())
+    assert len(rim) >= 5 and np.mean(rim) < 0.7 * np.mean(core)
+
+
+def test_default_simulator_unchanged_by_the_families() -> None:
+    """A recipe without --shape-families draws exactly what it drew before the families existed."""
+    x = images(8, 48, 48, seed=5)
+    a1, m1 = AnomalySimulator()(x, torch.Generator().manual_seed(3))
+    a2, m2 = AnomalySimulator(shape_families=("perlin",))(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a1, a2) and torch.equal(m1, m2)
+    with pytest.raises(ValueError, match="shape_families"):
+        AnomalySimulator(shape_families=("stripes",))

@@ -88,9 +88,10 @@ def test_cli_train_eval_predict(dataset: Path, tmp_path: Path, capsys: pytest.Ca
                                       "--epochs", "1", "--batch-size", "4", "--max-steps-per-epoch", "2",
                                       "--no-progress", "--name", "vials", "--version", "7", "--focal-gamma", "0.5",
                                       "--perlin-scales", "3", "5", "--profile-set", "gen_widths=[16,32]",
-                                      "--lr-schedule", "cosine"]))
+                                      "--lr-schedule", "cosine", "--shape-families", "perlin,thin,cluster"]))
     assert rc == 0
     assert read_card(model_dir).command.startswith("linecam ")
+    assert read_card(model_dir).training["shape_families"] == ["perlin", "thin", "cluster"]
     training = read_card(model_dir).training
     assert training["focal_gamma"] == 0.5 and training["perlin_scales"] == [3, 5]
     assert training["lr_schedule"] == "cosine" and training["unet_prior"] == 0.01
@@ -113,7 +114,11 @@ def test_cli_train_eval_predict(dataset: Path, tmp_path: Path, capsys: pytest.Ca
     assert "image_auroc" in m["unseen"]
     card = read_card(model_dir)
     assert card.threshold == pytest.approx(m["threshold"])
-    assert (tmp_path / "report" / "index.html").read_text().count("<img") >= 2
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert page.count("<img") >= 3
+    # the training run's per-epoch curves travel with the report
+    assert "src='training_curves.png'" in page
+    assert (tmp_path / "report" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     cases = sorted(p.name for p in (tmp_path / "report" / "cases").glob("*.png"))
     assert len(cases) >= 2
     # A second report into the same folder replaces the first one's panels instead of mixing with them.

@@ -29,10 +29,10 @@ def test_layout_manifest_and_labels(small_dataset: Path) -> None:
     assert man["image_size"] == [96, 96] and man["channels"] == 3 and man["area"] == "meniscus"
     assert man["pixel_scale_um"] == pytest.approx(10240 / 96, abs=1e-3)
     assert man["defect_kinds"] == ["particle", "spot", "scratch", "fibre"]
-    assert man["unseen_kinds"] == ["inclusion", "deformation"]
+    assert man["unseen_kinds"] == ["inclusion", "deformation", "die_lines", "flake"]
     assert man["splits"]["test"] == {"fibre": 2, "good": 3, "outside_roi": 2, "particle": 2, "scratch": 2, "spot": 2}
     lines = [json.loads(x) for x in (small_dataset / "labels.jsonl").read_text().splitlines()]
-    assert len(lines) == 6 + 2 + 5 + 3 + 10 + 2 * 2
+    assert len(lines) == 6 + 2 + 5 + 3 + 10 + 4 * 2
     for rec in lines:
         assert (small_dataset / rec["path"]).is_file() and (small_dataset / rec["roi"]).is_file()
         if rec["kind"] == "good":
@@ -45,8 +45,9 @@ def test_layout_manifest_and_labels(small_dataset: Path) -> None:
             assert inside == (rec["kind"] != "outside_roi")
             assert rec["line_label"] == ("good" if rec["kind"] == "outside_roi" else "defect")
             assert rec["defects"][0]["bbox"][2] > 0
-    assert {r["split"] for r in lines if r["kind"] in ("inclusion", "deformation")} == {"test_unseen"}
-    assert {r["kind"] for r in lines if r["split"] == "test_unseen"} == {"inclusion", "deformation"}
+    unseen = {"inclusion", "deformation", "die_lines", "flake"}
+    assert {r["split"] for r in lines if r["kind"] in unseen} == {"test_unseen"}
+    assert {r["kind"] for r in lines if r["split"] == "test_unseen"} == unseen
     report = check_dataset(small_dataset)
     assert report.images == len(lines) and report.image_size == (96, 96)
     assert len(load_index(small_dataset)) == len(lines)
@@ -75,7 +76,7 @@ def test_counts_parsing_and_refusals(tmp_path: Path) -> None:
     assert c["train"] == {"good": 10}
     assert c["val"]["fibre"] == 3 and c["val"]["outside_roi"] == 3 and c["val"]["good"] == 150
     assert c["test"]["particle"] == 7 and c["test"]["spot"] == 50
-    assert c["test_unseen"] == {"inclusion": 4, "deformation": 4}
+    assert c["test_unseen"] == {"inclusion": 4, "deformation": 4, "die_lines": 4, "flake": 4}
     assert default_counts()["train"] == {"good": 600}
     for bad, msg in (("trian=3", "unknown split"), ("train/particle=3", "not allowed"), ("val=x", "integer"),
                      ("test=-1", ">= 0"), ("val", "KEY=N"), ("val/inclusion=2", "not allowed")):

@@ -155,3 +155,29 @@ def test_same_bytes_in_a_fresh_interpreter() -> None:
     s = render_sample(derive_rng(42, "test", "fibre", 7), RenderConfig(96, 96), "fibre")
     here = hashlib.sha256(s.image.tobytes() + s.defect_mask.tobytes() + s.roi.tobytes()).hexdigest()
     assert out.stdout.strip() == here
+
+
+def test_die_lines_are_parallel_streaks_along_the_extrusion_axis() -> None:
+    import cv2
+
+    cfg = RenderConfig(256, 256)
+    parts, tilts = [], []
+    for i in range(6):
+        s = render_sample(derive_rng(21, "die_lines", i), cfg, "die_lines")
+        m = (s.defect_mask > 0).astype(np.uint8)
+        parts.append(cv2.connectedComponents(m)[0] - 1)
+        ys, xs = np.nonzero(m)
+        cov = np.cov(np.stack([xs, ys]).astype(float))
+        major = np.linalg.eigh(cov)[1][:, -1]
+        tilts.append(np.degrees(np.arccos(abs(major[1]))))
+    assert np.median(parts) >= 2  # several separate streaks, not one line
+    assert max(tilts) < 20  # along the vertical extrusion axis
+
+
+def test_flake_has_a_lit_and_a_shaded_edge() -> None:
+    for i in range(4):
+        s = render_sample(derive_rng(22, "flake", i), CFG, "flake", keep_clean=True)
+        assert s.clean_image is not None
+        diff = s.image.astype(int).sum(axis=2) - s.clean_image.astype(int).sum(axis=2)
+        inside = s.defect_mask > 0
+        assert (diff[inside] > 0).any() and (diff[inside] < 0).any()

@@ -168,3 +168,14 @@ def test_default_simulator_unchanged_by_the_families() -> None:
     assert torch.equal(a1, a2) and torch.equal(m1, m2)
     with pytest.raises(ValueError, match="shape_families"):
         AnomalySimulator(shape_families=("stripes",))
+
+
+def test_a_repeated_family_name_weighs_that_family() -> None:
+    """``perlin,perlin,perlin,soft,thin,cluster`` keeps blobs at half of the simulated defects."""
+    sim = AnomalySimulator(shape_families=("perlin", "perlin", "perlin", "soft", "thin", "cluster"))
+    masks, weight, family = sim.shapes(600, 32, 32, torch.Generator().manual_seed(9), torch.device("cpu"))
+    assert family is not None and weight is not None
+    names = [sim.shape_families[int(i)] for i in family]
+    assert 0.44 < names.count("perlin") / 600 < 0.56
+    assert all(0.12 < names.count(f) / 600 < 0.22 for f in ("soft", "thin", "cluster"))
+    assert bool((masks.flatten(1).sum(1) > 0).all())

@@ -6,9 +6,17 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from linecam.grdnet.datasets import read_rgb, resize_rgb
+
+
+def first_test_frame(data: Path, size: int) -> np.ndarray:
+    """The frame every model is timed on: the first ``test/good`` image at model size (uint8 RGB)."""
+    return resize_rgb(read_rgb(sorted((data / "test" / "good").glob("*.png"))[0]), size)
 
 
 def batch1_ms(fn: Callable[[np.ndarray], Any], frame: np.ndarray, seconds: float) -> dict[str, float]:

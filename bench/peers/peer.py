@@ -42,11 +42,11 @@ import numpy as np
 import torch
 
 from linecam.grdnet.datasets import read_binary_mask, resize_mask
-from linecam.grdnet.evaluate import Predictions, compute_metrics, evaluate_model
+from linecam.grdnet.evaluate import Predictions, _jsonable, compute_metrics, evaluate_model
 from linecam.hardware import cpu_summary, resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import batch1_ms  # noqa: E402  (bench/peers is not a package)
+from latency import batch1_ms, first_test_frame  # noqa: E402  (bench/peers is not a package)
 
 AUTHORS_EPOCHS = {"ganomaly": 15, "draem": 700}
 """Epochs the authors trained with: GANomaly's reference code runs 15 epochs (``niter``); DRAEM's paper
@@ -94,30 +94,29 @@ def build_model(peer: str, size: int, batch_size: int, dtd_dir: Path) -> Any:
     raise ValueError(f"unknown peer {peer!r} (ganomaly, draem)")
 
 
-class _Throughput:
-    """Lightning callback: training images seen and the wall clock of the training loop itself."""
+def throughput_callback() -> Any:
+    """A Lightning callback counting the training images seen and timing the training loop itself (lightning is
+    imported here: the default test suite imports this file in the project's venv, which has no lightning)."""
+    from lightning.pytorch.callbacks import Callback
 
-    def __init__(self) -> None:
-        from lightning.pytorch.callbacks import Callback
+    class Throughput(Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.t0 = 0.0
+            self.images = 0
+            self.steps = 0
+            self.seconds = 0.0
 
-        outer = self
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            self.t0 = time.perf_counter()
 
-        class _CB(Callback):
-            def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-                outer.t0 = time.perf_counter()
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+            self.images += int(batch.image.shape[0])
+            self.steps += 1
 
-            def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
-                outer.images += int(batch.image.shape[0])
-                outer.steps += 1
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            self.seconds = time.perf_counter() - self.t0
 
-            def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-                outer.seconds = time.perf_counter() - outer.t0
-
-        self.callback = _CB()
-        self.t0 = 0.0
-        self.images = 0
-        self.steps = 0
-        self.seconds = 0.0
+    return Throughput()
 
 
 def train(peer: str, data: Path, size: int, batch_size: int, epochs: int, budget_s: float, work: Path) -> Any:
@@ -131,11 +130,11 @@ def train(peer: str, data: Path, size: int, batch_size: int, epochs: int, budget
     datamodule = Folder(name="linecam", root=data, normal_dir="train/good", train_batch_size=batch_size,
                         eval_batch_size=batch_size, num_workers=0, test_split_mode="none", val_split_mode="none",
                         seed=0)
-    meter = _Throughput()
+    meter = throughput_callback()
     engine = Engine(accelerator="cpu", devices=1, max_epochs=epochs, max_time=timedelta(seconds=budget_s),
                     precision=lightning_precision, logger=False,
                     limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False,
-                    callbacks=[meter.callback], default_root_dir=work / "lightning")
+                    callbacks=[meter], default_root_dir=work / "lightning")
     t0 = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     wall = time.perf_counter() - t0
@@ -232,7 +231,7 @@ def main() -> None:
         "peer": args.peer, "cpu": cpu_summary(), "torch": torch.__version__, "image_size": args.size,
         "authors_epochs": AUTHORS_EPOCHS[args.peer], "training": record,
         "deployment": {"runtime": "openvino", "precision": peer.precision, "export": "anomalib to_openvino, opset 18",
-                       "batch1": batch1_ms(peer, _first_frame(args.data, args.size), args.latency_s)},
+                       "batch1": batch1_ms(peer, first_test_frame(args.data, args.size), args.latency_s)},
         "scoring_s": score_s, "no_mask": metrics, "has_anomaly_map": has_map,
     }
     if args.roi_mask is not None:
@@ -249,20 +248,6 @@ def main() -> None:
     args.json.write_text(json.dumps(_jsonable(result), indent=1) + "\n")
     print(f"{args.peer}: image AUROC {metrics['image_auroc']:.4f}, FRR {metrics['false_reject_rate']:.3f}, "
           f"batch-1 {result['deployment']['batch1']['median_ms']:.1f} ms ({peer.precision}); wrote {args.json}")
-
-
-def _first_frame(data: Path, size: int) -> np.ndarray:
-    """One real test frame at model size (uint8 RGB), for the latency measurement."""
-    from linecam.grdnet.datasets import read_rgb, resize_rgb
-
-    path = sorted((data / "test" / "good").glob("*.png"))[0]
-    return resize_rgb(read_rgb(path), size)
-
-
-def _jsonable(obj: Any) -> Any:
-    from linecam.grdnet.evaluate import _jsonable as convert
-
-    return convert(obj)
 
 
 if __name__ == "__main__":

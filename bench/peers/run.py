@@ -39,7 +39,6 @@ import numpy as np
 
 from linecam.backends.evaluation import evaluate_detector
 from linecam.commands.model import load_fixed_mask, open_scoring_detector
-from linecam.grdnet.datasets import read_rgb, resize_rgb
 from linecam.grdnet.evaluate import _jsonable
 from linecam.grdnet.modeldir import read_card
 from linecam.hardware import cpu_summary, resolve_precision
@@ -47,7 +46,7 @@ from linecam.hardware import cpu_summary, resolve_precision
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # bench/ and bench/peers/ are folders of scripts, not packages
-from latency import batch1_ms  # noqa: E402
+from latency import batch1_ms, first_test_frame  # noqa: E402
 from train_speed import images_per_s, tiny_dataset  # noqa: E402
 
 PEERS = ("ganomaly", "draem")
@@ -94,8 +93,7 @@ def linecam_row(model: Path, data: Path, roi: Path, threads: int | None, latency
     choice = getattr(detector, "auto_choice", None)
     no_mask, _ = evaluate_detector(detector, data, size)
     with_mask, _ = evaluate_detector(detector, data, size, fixed_mask=load_fixed_mask(roi, size))
-    frame = resize_rgb(read_rgb(sorted((data / "test" / "good").glob("*.png"))[0]), size)
-    latency = batch1_ms(lambda f: detector.detect(f), frame, latency_s)
+    latency = batch1_ms(lambda f: detector.detect(f), first_test_frame(data, size), latency_s)
     row = {"model": f"{card.name}/{card.version}", "image_size": size, "no_mask": no_mask, "roi_mask": with_mask,
            "deployment": {"runtime": detector.backend, "precision": str(getattr(detector, "precision", "")),
                           "auto": choice.line() if choice is not None else None, "batch1": latency},

@@ -207,7 +207,6 @@ class AnomalySimulator:
         if family == "perlin":
             return self._noise(n, h, w, generator, device) > self.threshold, None
         gdev = generator.device
-        # A patch (a coarse Perlin blob) that confines the finer structures of "thin" and "cluster".
         if family == "soft":
             # Coarse scales only (1-4 cells): large regions; the weight ramps up over the outer part of the blob.
             noise = self._noise(n, h, w, generator, device, scales=(0, 3))
@@ -225,6 +224,7 @@ class AnomalySimulator:
             # |f| / |grad f| is the distance in pixels to the zero crossing: a line of chosen half-width.
             dist = field.abs() / (gy.square() + gx.square()).sqrt().clamp_min(1e-6)
             half = (0.5 + torch.rand(n, generator=generator, device=gdev) * 1.0).to(device).view(n, 1, 1)
+            # A coarse Perlin blob confines the lines to a patch.
             patch = self._noise(n, h, w, generator, device, scales=(0, 3)) > self.threshold
             return (dist < half) & patch, None
         if family == "cluster":
@@ -324,7 +324,9 @@ class AnomalySimulator:
         lo, hi = self.beta_range
         beta = (lo + (hi - lo) * rand(n)).view(n, 1, 1, 1).to(images.dtype)
         if family is not None and "soft" in self.shape_families:
-            soft = (family == self.shape_families.index("soft")).view(n, 1, 1, 1)
+            # by name, not by the first index: a repeated family name (a weight) may list "soft" more than once
+            is_soft = torch.tensor([name == "soft" for name in self.shape_families], device=dev)
+            soft = is_soft[family].view(n, 1, 1, 1)
             beta = torch.where(soft, (0.4 + 0.4 * rand(n)).view(n, 1, 1, 1).to(images.dtype), beta)
         blended = beta * images + (1.0 - beta) * fill
         if weight is not None:

@@ -69,3 +69,18 @@ def test_two_seeds_train_score_and_report(tmp_path: Path) -> None:
                                                                            "die_lines", "flake"}
     assert res["robust"] == all(all(r["within_bounds"].values()) for r in res["seeds"])
     assert set(res["spread"]) >= {"image_auroc", "good_frr", "outside_roi_frr", "escape_rate"}
+
+    # the diagnosis takes the same trained models apart, and their ensemble, without training anything
+    diag_json = tmp_path / "diag.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "seed_diagnosis.py"),
+                           *[r["model"] for r in res["seeds"]], "--data", str(data), "--ensemble", "--kernels", "21",
+                           "7", "--json", str(diag_json)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    diag = json.loads(diag_json.read_text())
+    for row, seed_row in zip(diag["models"], res["seeds"], strict=True):
+        assert row["repool_check_max_abs_diff"] < 1e-5  # re-pooling at 21 reproduces the head
+        assert set(row["pooling"]) == {"21", "7"} and "last_epoch" in row
+        assert row["val_auroc_curve"] and row["seed"] == seed_row["seed"]
+    ens = diag["ensemble"]
+    assert len(ens["members"]) == 2 and 0 <= ens["image_auroc"] <= 1
+    assert ens["cost"]["ratio"] > 1.0  # two members cost more than one

@@ -34,19 +34,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from linecam.grdnet.datasets import InspectionDataset, list_records, list_splits
 from linecam.grdnet.evaluate import (
     Predictions,
-    _jsonable,
     calibration_and_test,
     compute_metrics,
     predict_dataset,
+    write_metrics_json,
 )
 from linecam.grdnet.model import build_grdnet
 from linecam.grdnet.modeldir import load_model_dir
-from linecam.grdnet.scoring import POOL_KERNEL
+from linecam.grdnet.scoring import POOL_KERNEL, smooth_map
 from linecam.hardware import cpu_kind, cpu_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +54,7 @@ KERNELS = (21, 15, 11, 7)
 
 def pooled_scores(maps: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray]:
     """Image scores and pooled maps of raw maps (N,H,W) under a ``kernel`` x ``kernel`` mean, as the head pools."""
-    t = torch.from_numpy(maps)[:, None]
-    r = kernel // 2
-    pooled = F.avg_pool2d(t, kernel_size=kernel, stride=1, padding=r, count_include_pad=True)
+    pooled = smooth_map(torch.from_numpy(maps)[:, None], kernel)
     return pooled.flatten(1).amax(dim=1).numpy(), pooled[:, 0].numpy()
 
 
@@ -82,9 +79,10 @@ def false_rejects(test: Predictions, threshold: float) -> list[dict[str, Any]]:
     from scipy import ndimage
 
     out = []
-    _, pooled = pooled_scores(test.maps, POOL_KERNEL)
-    for i in np.flatnonzero((test.labels == 0) & (test.scores >= threshold)):
-        y, x = np.unravel_index(int(np.argmax(pooled[i])), pooled[i].shape)
+    rejected = np.flatnonzero((test.labels == 0) & (test.scores >= threshold))
+    _, pooled = pooled_scores(test.maps[rejected], POOL_KERNEL)  # only the rejected images need their peak
+    for i, peak_map in zip(rejected, pooled, strict=True):
+        y, x = np.unravel_index(int(np.argmax(peak_map)), peak_map.shape)
         roi = test.rois[i]
         inside = bool(roi[y, x])
         # distance (pixels) from the peak to the ROI boundary, signed: + inside, - outside
@@ -259,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
               "models": rows, "ensemble": ensemble,
               "command": " ".join(["bench/seed_diagnosis.py", *(argv if argv is not None else sys.argv[1:])])}
     path = args.json or ROOT / "bench" / "results" / f"seed_diagnosis_{cpu_kind()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(result), indent=1) + "\n")
+    write_metrics_json(path, result)
     print(f"wrote {path}")
     return 0
 

@@ -21,15 +21,18 @@ from torch import Tensor, nn
 POOL_KERNEL = 21
 
 
-def smooth_map(prob_map: Tensor) -> Tensor:
-    """21x21 mean filter, stride 1, same size (zero padding counted): (N,1,H,W) -> (N,1,H,W)."""
+def smooth_map(prob_map: Tensor, kernel: int = POOL_KERNEL) -> Tensor:
+    """21x21 mean filter, stride 1, same size (zero padding counted): (N,1,H,W) -> (N,1,H,W).
+
+    ``kernel`` (odd) exists for diagnosis only (``bench/seed_diagnosis.py`` re-pools maps with smaller windows);
+    the line always uses the default."""
     if prob_map.dim() != 4 or int(prob_map.shape[1]) != 1:
         raise ValueError(f"smooth_map: expected an anomaly map of shape (N, 1, H, W), got {tuple(prob_map.shape)}")
     # Separable: a 21x1 then a 1x21 mean equals the 21x21 mean exactly (zero padding counted, divisor 21*21),
     # at 42 instead of 441 additions per pixel.
-    r = POOL_KERNEL // 2
-    cols = F.avg_pool2d(prob_map, kernel_size=(POOL_KERNEL, 1), stride=1, padding=(r, 0), count_include_pad=True)
-    return F.avg_pool2d(cols, kernel_size=(1, POOL_KERNEL), stride=1, padding=(0, r), count_include_pad=True)
+    r = kernel // 2
+    cols = F.avg_pool2d(prob_map, kernel_size=(kernel, 1), stride=1, padding=(r, 0), count_include_pad=True)
+    return F.avg_pool2d(cols, kernel_size=(1, kernel), stride=1, padding=(0, r), count_include_pad=True)
 
 
 def score_maps(prob_map: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
